@@ -1,0 +1,99 @@
+"""Turning quadruples into token ids with the model's chat template, and truncating them.
+
+Prompt and response are tokenised separately so that the response's tokens are exactly those the
+model is scored on: the response text is what the chat template adds after the generation prompt
+(end-of-turn tokens included). Without a chat template the prompt is plain text and the response is
+followed by the EOS token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wrpo.data.records import Prompt, Quadruple
+from wrpo.errors import InputError
+
+
+@dataclass(frozen=True)
+class EncodedQuadruple:
+    prompt_ids: list[int]
+    source_ids: list[list[int]]   # up to top_k_sources responses, best first
+    target_ids: list[int]
+    rejected_ids: list[int]
+    source_scores: list[float] | None
+
+    @property
+    def length(self) -> int:
+        """Tokens the example costs in a batch (for grouping by length)."""
+        return len(self.prompt_ids) + max(len(ids) for ids in (*self.source_ids, self.target_ids, self.rejected_ids))
+
+
+@dataclass
+class TruncationReport:
+    rows: int = 0
+    prompts_truncated: int = 0
+    responses_truncated: int = 0
+    responses: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.rows} rows; prompts cut from the left: {self.prompts_truncated}; "
+                f"responses cut from the right: {self.responses_truncated} of {self.responses}")
+
+
+@dataclass
+class QuadrupleEncoder:
+    tokenizer: object
+    max_length: int
+    max_prompt_length: int
+    top_k_sources: int = 1
+    report: TruncationReport = field(default_factory=TruncationReport)
+
+    def __post_init__(self):
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
+                             f"({self.max_length}) to leave room for the response")
+        self.has_chat_template = getattr(self.tokenizer, "chat_template", None) is not None
+
+    def encode(self, quadruple: Quadruple) -> EncodedQuadruple:
+        prompt_ids, prompt_text = self._prompt(quadruple.prompt)
+        if len(prompt_ids) > self.max_prompt_length:
+            prompt_ids = prompt_ids[-self.max_prompt_length:]
+            self.report.prompts_truncated += 1
+        budget = self.max_length - len(prompt_ids)
+        sources = quadruple.chosen_source[: self.top_k_sources]
+        scores = quadruple.source_scores[: self.top_k_sources] if quadruple.source_scores else None
+        encoded = [self._response(quadruple.prompt, prompt_text, text, budget)
+                   for text in (*sources, quadruple.chosen_target, quadruple.rejected)]
+        self.report.rows += 1
+        return EncodedQuadruple(prompt_ids=prompt_ids, source_ids=encoded[:-2], target_ids=encoded[-2],
+                                rejected_ids=encoded[-1], source_scores=scores)
+
+    def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+    def _prompt(self, prompt: Prompt) -> tuple[list[int], str]:
+        if self.has_chat_template:
+            text = self.tokenizer.apply_chat_template(self._messages(prompt), add_generation_prompt=True,
+                                                      tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"], text
+
+    def _response(self, prompt: Prompt, prompt_text: str, response: str, budget: int) -> list[int]:
+        eos = self.tokenizer.eos_token or ""
+        if self.has_chat_template:
+            full = self.tokenizer.apply_chat_template(
+                self._messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False)
+            # A template that rewrites earlier turns (some strip past reasoning) breaks the prefix:
+            # then score the bare response and EOS, as without a template.
+            text = full[len(prompt_text):] if full.startswith(prompt_text) else response + eos
+        else:
+            text = response + eos
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.report.responses += 1
+        if not ids:
+            raise InputError(f"a response encodes to no tokens: {response[:40]!r}")
+        if len(ids) > budget:
+            self.report.responses_truncated += 1
+            ids = ids[:budget]
+        return ids

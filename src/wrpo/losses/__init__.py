@@ -1,0 +1,25 @@
+"""WRPO objectives as pure functions of per-response log-probs, picked by name.
+
+Each entry of LOSSES maps (PreferenceLogps, LossSettings) -> LossOutput; `wrpo_loss` is the
+DPO form with the stable tensor signature of DESIGN §3.
+"""
+
+from collections.abc import Callable
+
+from wrpo.losses.common import (LossOutput, LossSettings, PreferenceLogps, ResponseLogps,
+                                source_weights_from_scores)
+from wrpo.losses.dpo import dpo_form, wrpo_loss
+from wrpo.losses.ipo import ipo_form
+from wrpo.losses.simpo import simpo_form
+
+LOSSES: dict[str, Callable[[PreferenceLogps, LossSettings], LossOutput]] = {
+    "dpo": dpo_form,
+    "simpo": simpo_form,
+    "ipo": ipo_form,
+}
+
+# Forms that never look at a reference model, so none is loaded or run for them.
+REFERENCE_FREE = {"simpo"}
+
+__all__ = ["LOSSES", "REFERENCE_FREE", "LossOutput", "LossSettings", "PreferenceLogps", "ResponseLogps",
+           "source_weights_from_scores", "wrpo_loss"]

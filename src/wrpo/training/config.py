@@ -1,0 +1,67 @@
+"""WRPOConfig: the WRPO settings on top of transformers.TrainingArguments.
+
+Defaults that differ from TrainingArguments follow the paper's LLaMA-3-8B-Instruct run:
+learning_rate 3e-7, 1 epoch, cosine schedule, 10% warmup; plus logging every step,
+remove_unused_columns off (the collator needs every field) and bf16 on when the GPU has it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from wrpo.losses import LOSSES
+from wrpo.training.schedules import ALPHA_SCHEDULES
+
+
+@dataclass
+class WRPOConfig(TrainingArguments):
+    beta: float = field(default=0.01, metadata={"help": "Scale of the internal reward r = beta * log-ratio."})
+    alpha: float = field(default=0.1, metadata={
+        "help": "alpha_max: the final weight of the source response in the fused chosen reward."})
+    alpha_schedule: str = field(default="linear", metadata={
+        "help": "linear: alpha ramps 0 -> alpha_max over the run's optimizer steps; constant: alpha_max throughout."})
+    loss: str = field(default="dpo", metadata={"help": "Objective form: dpo, simpo or ipo."})
+    gamma: float = field(default=0.5, metadata={"help": "Target reward margin of the simpo form."})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "Probability that a preference is flipped (dpo and simpo forms), in [0, 0.5)."})
+    max_length: int = field(default=2048, metadata={"help": "Prompt plus response tokens; responses are cut from the right."})
+    max_prompt_length: int = field(default=1800, metadata={"help": "Prompt tokens; prompts are cut from the left."})
+    top_k_sources: int = field(default=1, metadata={"help": "Source responses per prompt used (rows may list several, best first)."})
+    source_weighting: str = field(default="uniform", metadata={
+        "help": "How several source rewards are averaged: uniform, or score (softmax of meta source_scores)."})
+
+    learning_rate: float = 3e-7
+    num_train_epochs: float = 1.0
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
+    logging_steps: float = 1
+    save_steps: float = 100
+    save_total_limit: int | None = 2
+    remove_unused_columns: bool = False
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader
+        checks = [
+            (self.beta > 0, f"beta must be positive, got {self.beta}"),
+            (0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha}"),
+            (self.alpha_schedule in ALPHA_SCHEDULES,
+             f"alpha_schedule must be one of {', '.join(ALPHA_SCHEDULES)}, got {self.alpha_schedule!r}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            (0.0 <= self.label_smoothing < 0.5, f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing}"),
+            (self.max_prompt_length < self.max_length,
+             f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"),
+            (self.top_k_sources >= 1, f"top_k_sources must be at least 1, got {self.top_k_sources}"),
+            (self.source_weighting in ("uniform", "score"),
+             f"source_weighting must be uniform or score, got {self.source_weighting!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        super().__post_init__()

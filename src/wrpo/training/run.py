@@ -1,0 +1,46 @@
+"""train(): the library call behind `wrpo train`, resumable from the output folder's last checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from transformers.trainer_utils import get_last_checkpoint
+
+from wrpo.data.dataset import load_quadruple_dataset
+from wrpo.data.tokenize import QuadrupleEncoder
+from wrpo.losses import REFERENCE_FREE
+from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.training.config import WRPOConfig
+from wrpo.training.trainer import WRPOTrainer
+
+console = Console(stderr=True)
+
+
+def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfig, *,
+          ref_model: str | None = None, resume: bool = True, callbacks: Sequence = ()) -> Path:
+    """WRPO-trains `model` on the quadruples in `data` and saves model, tokenizer and
+    metrics.jsonl to config.output_dir. With `resume`, continues from the last checkpoint there."""
+    output_dir = Path(config.output_dir)
+    tokenizer = load_tokenizer(model)
+    encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
+    dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
+    console.print(f"data: {encoder.report.describe()}")
+
+    # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
+    # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
+    policy = load_causal_lm(model, dtype=torch.float32)
+    reference = None
+    if ref_model is not None and config.loss not in REFERENCE_FREE:
+        reference = load_causal_lm(ref_model, dtype=torch.float32)
+
+    trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
+                          ref_model=reference, callbacks=list(callbacks))
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    if checkpoint:
+        console.print(f"resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(output_dir))
+    return output_dir

@@ -1,0 +1,98 @@
+"""Settings of `wrpo train` from three layers: WRPOConfig defaults < --config YAML < command-line flags.
+
+YAML keys are the flag names (with - or _) or any WRPOConfig / TrainingArguments field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wrpo.errors import InputError
+from wrpo.training.config import WRPOConfig
+
+# Flag name -> WRPOConfig field, where they differ.
+FLAG_FIELDS = {
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "epochs": "num_train_epochs",
+    "output": "output_dir",
+}
+RUN_KEYS = ("model", "data", "ref_model", "resume")
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(WRPOConfig) if f.init}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model: str
+    data: str
+    ref_model: str | None
+    resume: bool
+    config: WRPOConfig
+
+
+def read_yaml_settings(path: str | Path) -> dict[str, tuple[Any, int]]:
+    """{key: (value, line)} of a flat YAML mapping, keys normalised to underscores."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text)
+    except OSError as error:
+        raise InputError(f"cannot read config ({error.strerror})", path) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise InputError(f"not valid YAML ({getattr(error, 'problem', error)})", path,
+                         mark.line + 1 if mark else None) from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise InputError("the config must be a mapping of setting: value", path, node.start_mark.line + 1)
+    values = yaml.safe_load(text)
+    return {key_node.value.replace("-", "_"): (values[key_node.value], key_node.start_mark.line + 1)
+            for key_node, _ in node.value}
+
+
+def resolve_train_settings(flags: dict[str, Any], config_path: str | Path | None = None) -> TrainSettings:
+    """Merges the layers; `flags` holds the command-line values, None where a flag was not given."""
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        for key, (value, line) in read_yaml_settings(config_path).items():
+            merged[_field_name(key, config_path, line)] = _coerce(key, value, config_path, line)
+    merged.update({_field_name(key): value for key, value in flags.items() if value is not None})
+
+    run = {key: merged.pop(key, None) for key in RUN_KEYS}
+    for required, flag in (("model", "--model"), ("data", "--data"), ("output_dir", "--output")):
+        if not (merged.get(required) if required == "output_dir" else run[required]):
+            raise InputError(f"{flag} is required (on the command line or in --config)")
+    try:
+        config = WRPOConfig(**merged)
+    except (ValueError, TypeError) as error:
+        raise InputError(str(error).splitlines()[0]) from None
+    return TrainSettings(model=str(run["model"]), data=str(run["data"]),
+                         ref_model=None if run["ref_model"] is None else str(run["ref_model"]),
+                         resume=True if run["resume"] is None else bool(run["resume"]), config=config)
+
+
+def _field_name(key: str, path=None, line=None) -> str:
+    name = FLAG_FIELDS.get(key, key)
+    if name not in CONFIG_FIELDS and name not in RUN_KEYS:
+        raise InputError(f"unknown setting '{key}'", path, line)
+    return name
+
+
+def _coerce(key: str, value: Any, path, line) -> Any:
+    """YAML 1.1 reads 3e-7 as a string: a string given for a numeric field is read as a number."""
+    field = CONFIG_FIELDS.get(FLAG_FIELDS.get(key, key))
+    default = None if field is None else field.default
+    if not isinstance(value, str) or not isinstance(default, (int, float)) or isinstance(default, bool):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"'{key}' must be a number, got {value!r}", path, line) from None
+    return int(number) if isinstance(default, int) and number.is_integer() else number

@@ -1,0 +1,109 @@
+"""WRPOTrainer: a transformers.Trainer whose loss is a WRPO objective from wrpo.losses.
+
+Checkpointing, resume, logging integrations, accelerate, DeepSpeed and peft come from Trainer;
+this class adds the policy/reference log-probs, the alpha schedule and the WRPO metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from wrpo.data.dataset import QuadrupleCollator
+from wrpo.losses import LOSSES, REFERENCE_FREE, LossOutput, LossSettings, PreferenceLogps, ResponseLogps
+from wrpo.training.callbacks import MetricsFileCallback
+from wrpo.training.config import WRPOConfig
+from wrpo.training.logps import sequence_logps, split_responses
+from wrpo.training.schedules import alpha_at
+
+
+class WRPOTrainer(Trainer):
+    def __init__(self, model, args: WRPOConfig, train_dataset, processing_class, ref_model=None,
+                 eval_dataset=None, callbacks=None, data_collator=None):
+        if args.loss in REFERENCE_FREE:
+            ref_model = None
+        elif ref_model is None:
+            # The reference is the starting policy, frozen: copy it before training moves it.
+            ref_model = copy.deepcopy(model)
+        pad_id = processing_class.pad_token_id
+        if pad_id is None:
+            pad_id = processing_class.eos_token_id or 0
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator or QuadrupleCollator(pad_id, args.source_weighting),
+            callbacks=[MetricsFileCallback(args.output_dir), *(callbacks or [])],
+        )
+        # compute_loss returns a per-batch mean; Trainer divides it for gradient accumulation.
+        self.loss_is_scaled_for_ga = False
+        self.ref_model = None
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def current_alpha(self) -> float:
+        """alpha of the optimizer step being taken: a pure function of the global step."""
+        return alpha_at(self.state.global_step, self.state.max_steps, self.args.alpha, self.args.alpha_schedule)
+
+    def _response_logps(self, model, inputs) -> tuple[ResponseLogps, ResponseLogps]:
+        logps, counts = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        num_sources = inputs["source_weights"].shape[1]
+        return split_responses(logps, num_sources), split_responses(counts, num_sources)
+
+    def _loss_output(self, model, inputs) -> tuple[LossOutput, ResponseLogps, float]:
+        policy, lengths = self._response_logps(model, inputs)
+        reference = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                reference, _ = self._response_logps(self.ref_model, inputs)
+        alpha = self.current_alpha()
+        settings = LossSettings(alpha=alpha, beta=self.args.beta, gamma=self.args.gamma,
+                                label_smoothing=self.args.label_smoothing)
+        batch = PreferenceLogps(policy=policy, reference=reference, lengths=lengths,
+                                source_weights=inputs["source_weights"])
+        return LOSSES[self.args.loss](batch, settings), policy, alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        output, policy, alpha = self._loss_output(model, inputs)
+        self._store_metrics("train" if model.training else "eval", output, policy, alpha, inputs["source_weights"])
+        loss = output.losses.mean()
+        return (loss, output) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _store_metrics(self, mode: str, output: LossOutput, policy: ResponseLogps, alpha: float,
+                       source_weights: torch.Tensor) -> None:
+        """Per-batch means gathered over processes, so logged values are global, not per process."""
+        source_logps = (policy.source * source_weights).sum(dim=-1)
+        per_example = {
+            "rewards/source_chosen": output.source_rewards,
+            "rewards/target_chosen": output.target_rewards,
+            "rewards/chosen": output.chosen_rewards,
+            "rewards/rejected": output.rejected_rewards,
+            "rewards/margins": output.margins,
+            "rewards/accuracies": (output.chosen_rewards > output.rejected_rewards).float(),
+            "logps/source_chosen": source_logps,
+            "logps/target_chosen": policy.target,
+            "logps/rejected": policy.rejected,
+        }
+        metrics = self._metrics[mode]
+        for name, values in per_example.items():
+            metrics[name].append(self.accelerator.gather_for_metrics(values.detach()).float().mean().item())
+        metrics["alpha"].append(alpha)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        averaged = {name: sum(values) / len(values) for name, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            averaged = {f"eval_{name}": value for name, value in averaged.items()}
+        logs.update(averaged)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)

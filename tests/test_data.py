@@ -1,0 +1,154 @@
+"""Reading and validating both record formats, tokenising with the chat template, truncation, batching."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+from conftest import native_rows, release_rows, write_jsonl
+from wrpo.data import QuadrupleCollator, QuadrupleEncoder, iter_quadruples, load_quadruple_dataset, parse_quadruple
+from wrpo.errors import InputError
+from wrpo.modeling import load_tokenizer
+
+
+def quadruples(path):
+    return [q for _, q in iter_quadruples(path)]
+
+
+def test_native_and_release_formats_read_to_the_same_quadruples(native_data, release_data):
+    native, release = quadruples(native_data), quadruples(release_data)
+    assert len(native) == len(release) == 12
+    for a, b in zip(native, release):
+        assert a.chosen_source == b.chosen_source
+        assert a.chosen_target == b.chosen_target and a.rejected == b.rejected
+    assert native[0].prompt == "reverse apple" and native[0].prompt_id == "p0"
+    assert release[0].prompt == [{"role": "user", "content": "reverse apple"}]
+    # Release rows carry no id: a stable one is derived from the prompt.
+    assert release[0].prompt_id == quadruples(release_data)[0].prompt_id != release[1].prompt_id
+
+
+def test_parquet_and_datasets_folder(tmp_path):
+    rows = native_rows()
+    dataset = datasets.Dataset.from_list(rows)
+    dataset.to_parquet(str(tmp_path / "q.parquet"))
+    dataset.save_to_disk(str(tmp_path / "folder"))
+    datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "dict"))
+    for path in (tmp_path / "q.parquet", tmp_path / "folder", tmp_path / "dict"):
+        read = quadruples(path)
+        assert [q.chosen_source for q in read] == [[r["chosen_source"]] for r in rows]
+
+
+def test_several_source_responses_with_scores():
+    row = {"prompt": "x", "chosen_source": ["best", "second"], "chosen_target": "t", "rejected": "r",
+           "meta": {"source_scores": [0.9, 0.4]}}
+    quadruple = parse_quadruple(row, "f.jsonl", 1)
+    assert quadruple.chosen_source == ["best", "second"] and quadruple.source_scores == [0.9, 0.4]
+    row["meta"]["source_scores"] = [0.9]
+    with pytest.raises(InputError, match=r"f.jsonl:1: meta 'source_scores' must be 2 number"):
+        parse_quadruple(row, "f.jsonl", 1)
+
+
+BAD_ROWS = [
+    ('{"prompt": "x", "chosen_source": "a", "chosen_target": "b"}', "missing field 'rejected'"),
+    ('{"prompt": "x", "chosen_source": "a", "chosen_target": "  ", "rejected": "c"}', "'chosen_target' is an empty response"),
+    ('{"prompt": "", "chosen_source": "a", "chosen_target": "b", "rejected": "c"}', "'prompt' is empty"),
+    ('{"prompt": "x", "chosen_target": "b", "rejected": "c"}', "missing field 'chosen_source'"),
+    ('{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": ["c"]}', "'chosen' must be a list"),
+    ('{"prompt": [{"content": "x"}], "chosen_source": "a", "chosen_target": "b", "rejected": "c"}', "'role' and 'content'"),
+    ('{"prompt": "x", "chosen_source": "a", "chosen_target": "b", "rejected": "c"', "not valid JSON"),
+    ('["a list"]', "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("bad_line, message", BAD_ROWS)
+def test_a_bad_row_names_its_file_and_line(tmp_path, bad_line, message):
+    good = [json.dumps(row) for row in native_rows(2)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join([good[0], "", good[1], bad_line]) + "\n")
+    with pytest.raises(InputError) as raised:
+        quadruples(path)
+    assert str(raised.value).startswith(f"{path}:4: ")
+    assert message in str(raised.value)
+
+
+def test_missing_file_and_empty_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        quadruples(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="no rows"):
+        quadruples(tmp_path / "empty.jsonl")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="not a `datasets` folder"):
+        quadruples(tmp_path / "folder")
+
+
+def test_chat_template_encoding_is_the_templated_conversation_split_at_the_generation_prompt(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    encoder = QuadrupleEncoder(tokenizer, max_length=128, max_prompt_length=64)
+    quadruple = quadruples_from_rows(native_rows(1))[0]
+    encoded = encoder.encode(quadruple)
+    for response, ids in ((quadruple.chosen_source[0], encoded.source_ids[0]),
+                          (quadruple.chosen_target, encoded.target_ids), (quadruple.rejected, encoded.rejected_ids)):
+        full = tokenizer.apply_chat_template([{"role": "user", "content": quadruple.prompt},
+                                              {"role": "assistant", "content": response}], tokenize=False)
+        assert encoded.prompt_ids + ids == tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(encoded.prompt_ids) == "<|user|>reverse apple</s><|assistant|>"
+    assert tokenizer.decode(encoded.source_ids[0]) == "elppa</s>"
+
+
+def test_plain_text_fallback_without_a_chat_template(tiny_model_without_template):
+    tokenizer = load_tokenizer(str(tiny_model_without_template))
+    encoded = QuadrupleEncoder(tokenizer, max_length=128, max_prompt_length=64).encode(
+        quadruples_from_rows(native_rows(1))[0])
+    assert tokenizer.decode(encoded.prompt_ids) == "reverse apple"
+    assert tokenizer.decode(encoded.rejected_ids) == "apple</s>"
+
+
+def test_truncation_cuts_prompts_from_the_left_and_responses_from_the_right_and_counts_them(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    encoder = QuadrupleEncoder(tokenizer, max_length=16, max_prompt_length=10)
+    row = {"prompt": "reverse watermelon", "chosen_source": "nolemretaw", "chosen_target": "ok", "rejected": "no"}
+    encoded = encoder.encode(quadruples_from_rows([row])[0])
+    # The last 10 tokens: 8 letters, end of turn, generation prompt.
+    assert tokenizer.decode(encoded.prompt_ids) == "termelon</s><|assistant|>"
+    assert tokenizer.decode(encoded.source_ids[0]) == "nolemr"          # 16 - 10 = 6 tokens kept
+    assert tokenizer.decode(encoded.target_ids) == "ok</s>"
+    assert (encoder.report.rows, encoder.report.prompts_truncated, encoder.report.responses_truncated,
+            encoder.report.responses) == (1, 1, 1, 3)
+    with pytest.raises(ValueError, match="must be below max_length"):
+        QuadrupleEncoder(tokenizer, max_length=16, max_prompt_length=16)
+
+
+def test_collator_lays_out_prompt_and_responses_with_masks_and_source_weights(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    rows = [{"prompt": "a", "chosen_source": ["xy", "xyz"], "chosen_target": "t", "rejected": "rr",
+             "meta": {"source_scores": [1.0, 0.0]}},
+            {"prompt": "bb", "chosen_source": "s", "chosen_target": "tt", "rejected": "r",
+             "meta": {"source_scores": [3.0]}}]
+    encoder = QuadrupleEncoder(tokenizer, max_length=64, max_prompt_length=32, top_k_sources=2)
+    dataset = load_quadruple_dataset(write_jsonl(tmp_path / "q.jsonl", rows), encoder, "score")
+    batch = QuadrupleCollator(tokenizer.pad_token_id, "score")([dataset[0], dataset[1]])
+    assert batch["input_ids"].shape[0] == 2 * (2 + 2)
+    expected_weights = torch.tensor([torch.softmax(torch.tensor([1.0, 0.0]), 0).tolist(), [1.0, 0.0]])
+    torch.testing.assert_close(batch["source_weights"], expected_weights)
+    response_tokens = batch["response_mask"].sum(dim=1).tolist()
+    first, second = dataset[0], dataset[1]
+    assert response_tokens == [len(first.source_ids[0]), len(first.source_ids[1]), len(first.target_ids),
+                               len(first.rejected_ids), len(second.source_ids[0]), 0, len(second.target_ids),
+                               len(second.rejected_ids)]
+    row = 2  # the first example's target: prompt then response, then padding
+    length = len(first.prompt_ids) + len(first.target_ids)
+    assert batch["input_ids"][row, :length].tolist() == first.prompt_ids + first.target_ids
+    assert batch["attention_mask"][row].sum().item() == length
+    assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+
+
+def test_score_weighting_without_scores_names_the_line(tiny_model, native_data):
+    encoder = QuadrupleEncoder(load_tokenizer(str(tiny_model)), max_length=64, max_prompt_length=32)
+    with pytest.raises(InputError, match=r"native.jsonl:1: source_weighting 'score' needs meta 'source_scores'"):
+        load_quadruple_dataset(native_data, encoder, "score")
+
+
+def quadruples_from_rows(rows):
+    return [parse_quadruple(row, "rows", index + 1) for index, row in enumerate(rows)]

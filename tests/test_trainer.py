@@ -1,0 +1,119 @@
+"""WRPOTrainer on a tiny Llama: log-probs, alpha over steps, the frozen reference, resume, evaluation."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from wrpo.data import QuadrupleCollator, QuadrupleEncoder, load_quadruple_dataset
+from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.training import WRPOConfig, WRPOTrainer, train
+from wrpo.training.logps import sequence_logps
+
+
+def config(output_dir, **overrides):
+    settings = dict(output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+                    beta=0.5, alpha=0.6, max_length=48, max_prompt_length=24, save_steps=2, disable_tqdm=True,
+                    report_to="none", seed=7)
+    return WRPOConfig(**{**settings, **overrides})
+
+
+def read_metrics(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_batched_response_logps_equal_one_unpadded_sequence_at_a_time(tiny_model, native_data):
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model), dtype=torch.float32).eval()
+    dataset = load_quadruple_dataset(native_data, QuadrupleEncoder(tokenizer, 48, 24))
+    examples = [dataset[i] for i in range(3)]
+    batch = QuadrupleCollator(tokenizer.pad_token_id)(examples)
+    with torch.no_grad():
+        batched, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        naive = []
+        for example in examples:
+            for response in (*example.source_ids, example.target_ids, example.rejected_ids):
+                ids = torch.tensor([example.prompt_ids + response])
+                logprobs = model(ids).logits[0, :-1].log_softmax(-1)
+                token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]
+                naive.append(token_logps[len(example.prompt_ids) - 1:].sum())
+    torch.testing.assert_close(batched, torch.stack(naive), atol=1e-5, rtol=1e-5)
+    assert counts.tolist() == [len(r) for e in examples for r in (*e.source_ids, e.target_ids, e.rejected_ids)]
+
+
+def test_training_moves_the_policy_keeps_the_reference_frozen_and_logs_the_alpha_ramp(tiny_model, native_data, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    dataset = load_quadruple_dataset(native_data, QuadrupleEncoder(tokenizer, 48, 24))
+    policy = load_causal_lm(str(tiny_model), dtype=torch.float32)
+    start = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    trainer = WRPOTrainer(model=policy, args=config(tmp_path / "out"), train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+
+    assert any(not torch.equal(p, start[name]) for name, p in trainer.model.named_parameters())
+    for name, p in trainer.ref_model.named_parameters():
+        assert torch.equal(p, start[name]) and p.grad is None and not p.requires_grad
+
+    metrics = read_metrics(tmp_path / "out")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["alpha"] for m in metrics] == pytest.approx([0.6 * t / 4 for t in range(4)])
+    # Step 1 runs with policy == reference: every reward is 0 and the loss is log 2.
+    assert metrics[0]["loss"] == pytest.approx(0.6931, abs=1e-4) and metrics[0]["rewards/margins"] == 0
+    assert metrics[-1]["rewards/margins"] > 0
+    for key in ("rewards/source_chosen", "rewards/target_chosen", "rewards/chosen", "rewards/rejected",
+                "rewards/accuracies", "logps/source_chosen", "logps/target_chosen", "logps/rejected"):
+        assert key in metrics[-1]
+
+    evaluation = trainer.evaluate(dataset)
+    assert evaluation["eval_rewards/margins"] > 0 and evaluation["eval_loss"] < 0.6931
+
+
+class CrashAt(TrainerCallback):
+    """Kills a run after `step` is logged, past its last checkpoint."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_log(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_crashed_run_resumes_to_the_same_model_metrics_and_alpha_as_an_uninterrupted_one(tiny_model, native_data, tmp_path):
+    train(str(tiny_model), native_data, config(tmp_path / "straight"))
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tiny_model), native_data, config(tmp_path / "resumed"), callbacks=[CrashAt(3)])
+    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [1, 2, 3]
+    train(str(tiny_model), native_data, config(tmp_path / "resumed"))
+
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    assert [m["alpha"] for m in resumed] == [m["alpha"] for m in straight]
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_an_explicit_reference_model_is_used(tiny_model, tiny_model_without_template, native_data, tmp_path):
+    # A reference that differs from the policy gives non-zero rewards from the first step.
+    train(str(tiny_model), native_data, config(tmp_path / "out", max_steps=1),
+          ref_model=str(tiny_model_without_template))
+    assert read_metrics(tmp_path / "out")[0]["rewards/rejected"] != 0
+
+
+@pytest.mark.parametrize("loss", ["simpo", "ipo"])
+def test_other_forms_train(tiny_model, native_data, tmp_path, loss):
+    train(str(tiny_model), native_data, config(tmp_path / loss, loss=loss, max_steps=3, beta=2.0 if loss == "simpo" else 0.1))
+    metrics = read_metrics(tmp_path / loss)
+    assert len(metrics) == 3 and all(m["loss"] == m["loss"] for m in metrics)  # no NaN
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+def test_config_rejects_bad_settings(tmp_path):
+    for overrides, message in [({"alpha": 1.5}, "alpha must lie"), ({"loss": "kto"}, "loss must be one of"),
+                               ({"alpha_schedule": "cosine"}, "alpha_schedule"), ({"beta": 0}, "beta must be positive"),
+                               ({"max_prompt_length": 48}, "must be below max_length")]:
+        with pytest.raises(ValueError, match=message):
+            config(tmp_path, **overrides)
