@@ -16,6 +16,10 @@ app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Prefere
 @app.callback()
 def main() -> None:
     """Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO)."""
+    from transformers.utils import logging
+
+    # Loading and saving a checkpoint draw bars of their own; keep the terminal for stage progress.
+    logging.disable_progress_bar()
 
 
 def _fail(error: InputError) -> None:

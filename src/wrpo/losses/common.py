@@ -12,6 +12,7 @@ applied to z = r_chosen - r(x, y_l) - gamma.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,15 +95,13 @@ def source_weights_from_scores(scores: Tensor, present: Tensor, mode: str = "uni
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
-def fuse_rewards(source: Tensor, target: Tensor, rejected: Tensor, batch: PreferenceLogps,
-                 settings: LossSettings) -> tuple[LossOutput, Tensor]:
-    """Builds the rewards of a LossOutput (losses left empty) and z = r_chosen - r_rejected - gamma."""
+def fused_output(source: Tensor, target: Tensor, rejected: Tensor, batch: PreferenceLogps, alpha: float | Tensor,
+                 link: Callable[[Tensor], Tensor], gamma: float = 0.0) -> LossOutput:
+    """Per-response rewards -> fused chosen reward, z = r_chosen - r_rejected - gamma, losses = link(z)."""
     source = mean_source_reward(source, batch.source_weights)
-    chosen = settings.alpha * source + (1 - settings.alpha) * target
-    z = chosen - rejected - settings.gamma
-    rewards = LossOutput(losses=torch.empty(0), source_rewards=source, target_rewards=target,
-                         chosen_rewards=chosen, rejected_rewards=rejected)
-    return rewards, z
+    chosen = alpha * source + (1 - alpha) * target
+    return LossOutput(losses=link(chosen - rejected - gamma), source_rewards=source, target_rewards=target,
+                      chosen_rewards=chosen, rejected_rewards=rejected)
 
 
 def logistic_loss(z: Tensor, label_smoothing: float) -> Tensor:

@@ -9,22 +9,20 @@ alpha = 0 is DPO on (y_wt, y_l); alpha = 1 is DPO on (y_ws, y_l).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from functools import partial
 
 from torch import Tensor
 
-from wrpo.losses.common import (LossOutput, LossSettings, PreferenceLogps, ResponseLogps,
-                                fuse_rewards, logistic_loss, require)
+from wrpo.losses.common import (LossOutput, LossSettings, PreferenceLogps, ResponseLogps, fused_output,
+                                logistic_loss, require)
 
 
 def dpo_form(batch: PreferenceLogps, settings: LossSettings) -> LossOutput:
     policy, reference = batch.policy, require(batch.reference, "reference log-probs", "dpo")
     beta = settings.beta
-    rewards, z = fuse_rewards(beta * (policy.source - reference.source),
-                              beta * (policy.target - reference.target),
-                              beta * (policy.rejected - reference.rejected),
-                              batch, replace(settings, gamma=0.0))
-    return replace(rewards, losses=logistic_loss(z, settings.label_smoothing))
+    return fused_output(beta * (policy.source - reference.source), beta * (policy.target - reference.target),
+                        beta * (policy.rejected - reference.rejected), batch, settings.alpha,
+                        link=partial(logistic_loss, label_smoothing=settings.label_smoothing))
 
 
 def wrpo_loss(policy_source_logps: Tensor, policy_target_logps: Tensor, policy_rejected_logps: Tensor,

@@ -4,27 +4,20 @@
     z'      = alpha * h(x, y_ws) + (1 - alpha) * h(x, y_wt) - h(x, y_l)
     loss    = (z' - 1 / (2 * beta))^2
 
-Reported rewards are beta * h, so that they read like the other forms' r = beta * h.
+Rewards are reported as r = beta * h, like the other forms; z' is then z / beta.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fuse_rewards, require
+from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fused_output, require
 
 
 def ipo_form(batch: PreferenceLogps, settings: LossSettings) -> LossOutput:
     policy = batch.policy
     reference = require(batch.reference, "reference log-probs", "ipo")
     lengths = require(batch.lengths, "response lengths", "ipo")
-    log_ratios, z = fuse_rewards((policy.source - reference.source) / lengths.source.clamp(min=1),
-                                 (policy.target - reference.target) / lengths.target.clamp(min=1),
-                                 (policy.rejected - reference.rejected) / lengths.rejected.clamp(min=1),
-                                 batch, replace(settings, gamma=0.0))
     beta = settings.beta
-    return LossOutput(losses=(z - 1 / (2 * beta)) ** 2,
-                      source_rewards=beta * log_ratios.source_rewards,
-                      target_rewards=beta * log_ratios.target_rewards,
-                      chosen_rewards=beta * log_ratios.chosen_rewards,
-                      rejected_rewards=beta * log_ratios.rejected_rewards)
+    return fused_output(beta * (policy.source - reference.source) / lengths.source.clamp(min=1),
+                        beta * (policy.target - reference.target) / lengths.target.clamp(min=1),
+                        beta * (policy.rejected - reference.rejected) / lengths.rejected.clamp(min=1),
+                        batch, settings.alpha, link=lambda z: (z / beta - 1 / (2 * beta)) ** 2)

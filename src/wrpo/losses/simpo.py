@@ -7,17 +7,17 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from functools import partial
 
-from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fuse_rewards, logistic_loss, require
+from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fused_output, logistic_loss, require
 
 
 def simpo_form(batch: PreferenceLogps, settings: LossSettings) -> LossOutput:
     policy, lengths = batch.policy, require(batch.lengths, "response lengths", "simpo")
     beta = settings.beta
     # An absent source response (weight 0) has length 0: clamp so it contributes 0, not NaN.
-    rewards, z = fuse_rewards(beta * policy.source / lengths.source.clamp(min=1),
-                              beta * policy.target / lengths.target.clamp(min=1),
-                              beta * policy.rejected / lengths.rejected.clamp(min=1),
-                              batch, settings)
-    return replace(rewards, losses=logistic_loss(z, settings.label_smoothing))
+    return fused_output(beta * policy.source / lengths.source.clamp(min=1),
+                        beta * policy.target / lengths.target.clamp(min=1),
+                        beta * policy.rejected / lengths.rejected.clamp(min=1),
+                        batch, settings.alpha, gamma=settings.gamma,
+                        link=partial(logistic_loss, label_smoothing=settings.label_smoothing))
