@@ -120,28 +120,50 @@ def test_truncation_cuts_prompts_from_the_left_and_responses_from_the_right_and_
         QuadrupleEncoder(tokenizer, max_length=16, max_prompt_length=16)
 
 
-def test_collator_lays_out_prompt_and_responses_with_masks_and_source_weights(tiny_model, tmp_path):
-    tokenizer = load_tokenizer(str(tiny_model))
+def collator_examples(tokenizer, tmp_path):
     rows = [{"prompt": "a", "chosen_source": ["xy", "xyz"], "chosen_target": "t", "rejected": "rr",
              "meta": {"source_scores": [1.0, 0.0]}},
             {"prompt": "bb", "chosen_source": "s", "chosen_target": "tt", "rejected": "r",
              "meta": {"source_scores": [3.0]}}]
     encoder = QuadrupleEncoder(tokenizer, max_length=64, max_prompt_length=32, top_k_sources=2)
     dataset = load_quadruple_dataset(write_jsonl(tmp_path / "q.jsonl", rows), encoder, "score")
-    batch = QuadrupleCollator(tokenizer.pad_token_id, "score")([dataset[0], dataset[1]])
+    return dataset[0], dataset[1]
+
+
+def responses_in_order(examples):
+    """[source_0, source_1 (empty when absent), target, rejected] per example, as the collator lays them out."""
+    return [r for e in examples for r in (*e.source_ids, *[[]] * (2 - len(e.source_ids)), e.target_ids, e.rejected_ids)]
+
+
+def test_naive_layout_rows_are_prompt_plus_response_with_a_response_mask(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples = collator_examples(tokenizer, tmp_path)
+    batch = QuadrupleCollator(tokenizer.pad_token_id, "score", share_prompt=False)(list(examples))
     assert batch["input_ids"].shape[0] == 2 * (2 + 2)
     expected_weights = torch.tensor([torch.softmax(torch.tensor([1.0, 0.0]), 0).tolist(), [1.0, 0.0]])
     torch.testing.assert_close(batch["source_weights"], expected_weights)
-    response_tokens = batch["response_mask"].sum(dim=1).tolist()
-    first, second = dataset[0], dataset[1]
-    assert response_tokens == [len(first.source_ids[0]), len(first.source_ids[1]), len(first.target_ids),
-                               len(first.rejected_ids), len(second.source_ids[0]), 0, len(second.target_ids),
-                               len(second.rejected_ids)]
-    row = 2  # the first example's target: prompt then response, then padding
-    length = len(first.prompt_ids) + len(first.target_ids)
-    assert batch["input_ids"][row, :length].tolist() == first.prompt_ids + first.target_ids
-    assert batch["attention_mask"][row].sum().item() == length
-    assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+    for row, response in enumerate(responses_in_order(examples)):
+        prompt = examples[row // 4].prompt_ids
+        length = len(prompt) + len(response)
+        assert batch["input_ids"][row, :length].tolist() == prompt + response
+        assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+        assert batch["attention_mask"][row].sum().item() == length
+        assert batch["response_mask"][row].nonzero().flatten().tolist() == list(range(len(prompt), length))
+
+
+def test_shared_prompt_layout_left_pads_prompts_once_and_right_pads_responses(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples = collator_examples(tokenizer, tmp_path)
+    batch = QuadrupleCollator(tokenizer.pad_token_id, "score", share_prompt=True)(list(examples))
+    width = max(len(e.prompt_ids) for e in examples)
+    for row, example in enumerate(examples):
+        assert batch["prompt_ids"][row, width - len(example.prompt_ids):].tolist() == example.prompt_ids
+        assert batch["prompt_mask"][row].sum().item() == len(example.prompt_ids)
+    for row, response in enumerate(responses_in_order(examples)):
+        assert batch["response_ids"][row, : len(response)].tolist() == response
+        assert batch["response_mask"][row].sum().item() == len(response)
+    assert batch["response_mask"][5].sum() == 0  # the second example has one source: slot 1 is empty
+    assert "reference_logps" not in batch
 
 
 def test_score_weighting_without_scores_names_the_line(tiny_model, native_data):

@@ -49,37 +49,60 @@ def load_quadruple_dataset(paths: str | Path | Sequence[str | Path], encoder: Qu
 
 @dataclass
 class QuadrupleCollator:
-    """Batches B quadruples into B * (K + 2) right-padded sequences, example-major:
-    example b owns rows b*(K+2) .. b*(K+2)+K+1 = [source_0 .. source_{K-1}, target, rejected],
-    with K the largest number of source responses in the batch. A missing source slot holds the
-    prompt alone (no response tokens, weight 0)."""
+    """Batches B quadruples into B * (K + 2) responses, example-major: example b owns rows
+    b*(K+2) .. b*(K+2)+K+1 = [source_0 .. source_{K-1}, target, rejected], with K the largest number
+    of source responses in the batch. A missing source slot is an empty response with weight 0.
+
+    share_prompt: prompts once, left-padded ([B, P]), and responses alone, right-padded ([N, L]).
+    Otherwise: each row is prompt + response, right-padded ([N, L]), the naive layout.
+    """
 
     pad_token_id: int
     source_weighting: str = "uniform"
+    share_prompt: bool = True
 
     def __call__(self, examples: list[EncodedQuadruple]) -> dict[str, torch.Tensor]:
         num_sources = max(len(example.source_ids) for example in examples)
-        sequences, response_starts = [], []
-        for example in examples:
-            padded_sources = example.source_ids + [[]] * (num_sources - len(example.source_ids))
-            for response in (*padded_sources, example.target_ids, example.rejected_ids):
-                sequences.append(example.prompt_ids + response)
-                response_starts.append(len(example.prompt_ids))
-        width = max(len(sequence) for sequence in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-        for row, (sequence, start) in enumerate(zip(sequences, response_starts)):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
-            response_mask[row, start: len(sequence)] = True
+        responses = [response for example in examples for response in
+                     (*example.source_ids, *[[]] * (num_sources - len(example.source_ids)),
+                      example.target_ids, example.rejected_ids)]
+        if self.share_prompt:
+            prompt_ids, prompt_mask = self._pad([e.prompt_ids for e in examples], left=True)
+            response_ids, response_mask = self._pad(responses)
+            batch = {"prompt_ids": prompt_ids,          # [B, P] left-padded
+                     "prompt_mask": prompt_mask,        # [B, P]
+                     "response_ids": response_ids,      # [B*(K+2), L] right-padded
+                     "response_mask": response_mask.bool()}
+        else:
+            per_example = num_sources + 2
+            prompts = [e.prompt_ids for e in examples for _ in range(per_example)]
+            input_ids, attention_mask = self._pad([p + r for p, r in zip(prompts, responses)])
+            response_mask = attention_mask.bool()
+            for row, prompt in enumerate(prompts):
+                response_mask[row, : len(prompt)] = False
+            batch = {"input_ids": input_ids,            # [B*(K+2), L] prompt + response, right-padded
+                     "attention_mask": attention_mask,
+                     "response_mask": response_mask}    # True on response tokens
 
         present = torch.tensor([[k < len(e.source_ids) for k in range(num_sources)] for e in examples])
-        scores = torch.tensor([(e.source_scores or []) + [0.0] * (num_sources - len(e.source_scores or []))
-                               for e in examples])
-        return {
-            "input_ids": input_ids,             # [B*(K+2), L]
-            "attention_mask": attention_mask,   # [B*(K+2), L]
-            "response_mask": response_mask,     # [B*(K+2), L] True on response tokens
-            "source_weights": source_weights_from_scores(scores, present, self.source_weighting),  # [B, K]
-        }
+        scores = torch.tensor([_pad_to(e.source_scores or [], num_sources) for e in examples])
+        batch["source_weights"] = source_weights_from_scores(scores, present, self.source_weighting)  # [B, K]
+        if all(e.reference_logps is not None for e in examples):
+            batch["reference_logps"] = torch.tensor(  # [B, K+2], same slot order as the responses
+                [_pad_to(list(e.reference_logps[:-2]), num_sources) + list(e.reference_logps[-2:]) for e in examples])
+        return batch
+
+    def _pad(self, sequences: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(1, max(len(sequence) for sequence in sequences))
+        ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            if sequence:
+                span = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+                ids[row, span] = torch.tensor(sequence)
+                mask[row, span] = 1
+        return ids, mask
+
+
+def _pad_to(values: list[float], length: int) -> list[float]:
+    return list(values) + [0.0] * (length - len(values))

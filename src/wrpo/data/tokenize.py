@@ -21,6 +21,8 @@ class EncodedQuadruple:
     target_ids: list[int]
     rejected_ids: list[int]
     source_scores: list[float] | None
+    # Summed log-probs of [sources..., target, rejected] under the reference, once computed.
+    reference_logps: tuple[float, ...] | None = None
 
     @property
     def length(self) -> int:

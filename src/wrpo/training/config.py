@@ -2,7 +2,8 @@
 
 Defaults that differ from TrainingArguments follow the paper's LLaMA-3-8B-Instruct run:
 learning_rate 3e-7, 1 epoch, cosine schedule, 10% warmup; plus logging every step,
-remove_unused_columns off (the collator needs every field) and bf16 on when the GPU has it.
+remove_unused_columns off (the collator needs every field), batches grouped by length and bf16
+on when the GPU has it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from wrpo.losses import LOSSES
 from wrpo.training.schedules import ALPHA_SCHEDULES
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -33,6 +37,17 @@ class WRPOConfig(TrainingArguments):
     source_weighting: str = field(default="uniform", metadata={
         "help": "How several source rewards are averaged: uniform, or score (softmax of meta source_scores)."})
 
+    precompute_ref_logps: bool = field(default=True, metadata={
+        "help": "Compute reference log-probs once before training (cached beside the data) instead of "
+                "running the reference every step; the reference model is then not kept in memory."})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "Encode each prompt once and feed its key/value cache to all its responses."})
+    logps_chunk_size: int = field(default=1024, metadata={
+        "help": "Tokens per output-head chunk, so no [tokens, vocab] float32 tensor is kept; "
+                "0 computes the model's full logits (the naive way)."})
+    reference_cache_dir: str | None = field(default=None, metadata={
+        "help": "Folder for cached reference log-probs; `wrpo train` uses DATA.wrpo-cache beside the data."})
+
     learning_rate: float = 3e-7
     num_train_epochs: float = 1.0
     lr_scheduler_type: str = "cosine"
@@ -41,6 +56,7 @@ class WRPOConfig(TrainingArguments):
     save_steps: float = 100
     save_total_limit: int | None = 2
     remove_unused_columns: bool = False
+    train_sampling_strategy: str = "group_by_length"
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})
 
     def __post_init__(self):
@@ -65,3 +81,7 @@ class WRPOConfig(TrainingArguments):
             if not ok:
                 raise ValueError(message)
         super().__post_init__()
+        if self.activation_checkpointing and self.share_prompt:
+            # Activation checkpointing turns the key/value cache off, which the shared prompt needs.
+            logger.warning("activation_checkpointing is on: share_prompt is turned off")
+            self.share_prompt = False

@@ -1,23 +1,120 @@
-"""Summed log-probs of the response tokens of a batch of sequences under a causal LM."""
+"""Summed log-probs of response tokens under a causal LM, naive and fast, with equal results.
+
+Naive (`full_sequence_logps` with chunk_size=0): each (prompt + response) is one padded row and the
+model's full [N, L, vocab] logits are turned into float32 log-probs — what peers do.
+
+Fast, each part switchable and tested equal to the naive result:
+- shared prompt (`shared_prompt_logps`): the prompt runs once; its key/value cache, repeated once per
+  response, feeds one forward over the responses. The prompt's last logit predicts each response's
+  first token. Gradients reach the prompt's activations through the cache.
+- chunked head (chunk_size > 0): the output head runs only on response positions, a chunk of tokens
+  at a time, each chunk recomputed in backward (torch.utils.checkpoint) so no [tokens, vocab] float32
+  tensor outlives its chunk.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from wrpo.losses import ResponseLogps
 
 
-def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed response log-probs [N], response token counts [N]) for right-padded sequences [N, L]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    # Position t predicts token t+1: drop the last logit and the first label.
-    labels = input_ids[:, 1:]
-    mask = response_mask[:, 1:]
-    token_logps = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, reduction="none")  # [N, L-1]
-    token_logps = token_logps.masked_fill(~mask, 0.0)
-    return token_logps.sum(dim=-1), mask.sum(dim=-1).float()
+def _logit_transform(config):
+    """Output-head post-processing some architectures apply inside forward (Cohere, Gemma 2+)."""
+    scale = getattr(config, "logit_scale", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return transform
+
+
+def _unwrapped_config(model):
+    return getattr(model, "module", model).config
+
+
+def head_token_logps(model, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """log p(labels) [T] from final hidden states [T, H] through the model's output head, in chunks
+    of chunk_size tokens (all at once when chunk_size <= 0)."""
+    head = getattr(model, "module", model).get_output_embeddings()
+    transform = _logit_transform(_unwrapped_config(model))
+
+    def chunk_logps(hidden_chunk: torch.Tensor, labels_chunk: torch.Tensor) -> torch.Tensor:
+        logits = transform(head(hidden_chunk)).float()  # [chunk, V]
+        return -F.cross_entropy(logits, labels_chunk, reduction="none")
+
+    if chunk_size <= 0:
+        return chunk_logps(hidden, labels)
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        stop = start + chunk_size
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(chunk_logps, hidden[start:stop], labels[start:stop], use_reentrant=False))
+        else:
+            pieces.append(chunk_logps(hidden[start:stop], labels[start:stop]))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _sum_per_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    return torch.zeros(num_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+def full_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_size: int = 0):
+    """(summed response log-probs [N], response token counts [N]) for right-padded rows [N, L]
+    holding prompt + response; response_mask marks the response tokens."""
+    labels, mask = input_ids[:, 1:], response_mask[:, 1:]  # position t predicts token t+1
+    counts = mask.sum(dim=-1).float()
+    if chunk_size <= 0:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        token_logps = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, reduction="none")
+        return token_logps.masked_fill(~mask, 0.0).sum(dim=-1), counts
+    hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
+    rows, positions = mask.nonzero(as_tuple=True)
+    token_logps = head_token_logps(model, hidden[rows, positions], labels[rows, positions], chunk_size)
+    return _sum_per_row(token_logps, rows, input_ids.shape[0]), counts
+
+
+def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_mask, chunk_size: int = 0):
+    """(summed response log-probs [N], response token counts [N]) for B left-padded prompts [B, P] and
+    N = B * R right-padded responses [N, L], example-major (responses of prompt b are rows b*R..b*R+R-1)."""
+    per_prompt = response_ids.shape[0] // prompt_ids.shape[0]
+    prompt_positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                       use_cache=True, logits_to_keep=1)
+    cache = prompt_out.past_key_values
+    cache.batch_repeat_interleave(per_prompt)
+
+    prompt_lengths = prompt_mask.sum(dim=-1).repeat_interleave(per_prompt)  # [N]
+    positions = prompt_lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, dim=0), response_mask.long()], dim=1)
+    hidden = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True, output_hidden_states=True,
+                   logits_to_keep=1).hidden_states[-1]  # [N, L, H]
+
+    # The first response token is predicted by the prompt's last logit, token t+1 by response position t.
+    # Indexing (not repeating) the prompts' log-probs keeps autograd from saving one [vocab] row per response.
+    prompt_logps = prompt_out.logits[:, -1].float().log_softmax(dim=-1)  # [B, V]
+    owner = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat_interleave(per_prompt)
+    first = prompt_logps[owner, response_ids[:, 0]] * response_mask[:, 0]
+    rows, positions = response_mask[:, 1:].nonzero(as_tuple=True)
+    rest = head_token_logps(model, hidden[rows, positions], response_ids[rows, positions + 1], chunk_size)
+    return first + _sum_per_row(rest, rows, response_ids.shape[0]), response_mask.sum(dim=-1).float()
+
+
+def batch_logps(model, batch: dict, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatches on the collator's layout: shared prompt (prompt_ids) or full rows (input_ids)."""
+    if "prompt_ids" in batch:
+        return shared_prompt_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                   batch["response_mask"], chunk_size)
+    return full_sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], chunk_size)
 
 
 def split_responses(values: torch.Tensor, num_sources: int) -> ResponseLogps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,8 +23,11 @@ console = Console(stderr=True)
 def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfig, *,
           ref_model: str | None = None, resume: bool = True, callbacks: Sequence = ()) -> Path:
     """WRPO-trains `model` on the quadruples in `data` and saves model, tokenizer and
-    metrics.jsonl to config.output_dir. With `resume`, continues from the last checkpoint there."""
+    metrics.jsonl to config.output_dir. With `resume`, continues from the last checkpoint there.
+    Reference log-probs are cached beside the data unless config.reference_cache_dir says where."""
     output_dir = Path(config.output_dir)
+    if config.reference_cache_dir is None:
+        config.reference_cache_dir = str(_reference_cache_dir(data, output_dir))
     tokenizer = load_tokenizer(model)
     encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
     dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
@@ -44,3 +48,11 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(output_dir))
     return output_dir
+
+
+def _reference_cache_dir(data, output_dir: Path) -> Path:
+    """DATA.wrpo-cache beside the (first) data file, or inside the output folder when that is read-only."""
+    first = Path(data if isinstance(data, (str, Path)) else data[0])
+    if os.access(first.parent, os.W_OK):
+        return first.parent / f"{first.name}.wrpo-cache"
+    return output_dir / "reference-cache"

@@ -1,7 +1,9 @@
 """WRPOTrainer: a transformers.Trainer whose loss is a WRPO objective from wrpo.losses.
 
 Checkpointing, resume, logging integrations, accelerate, DeepSpeed and peft come from Trainer;
-this class adds the policy/reference log-probs, the alpha schedule and the WRPO metrics.
+this class adds the policy/reference log-probs, the alpha schedule and the WRPO metrics. The
+speed-ups (precomputed reference log-probs, shared prompt, chunked output head, length-grouped
+batches) are switches of WRPOConfig; each gives the naive computation's result.
 """
 
 from __future__ import annotations
@@ -11,59 +13,99 @@ from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from wrpo.data.dataset import QuadrupleCollator
 from wrpo.losses import LOSSES, REFERENCE_FREE, LossOutput, LossSettings, PreferenceLogps, ResponseLogps
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import WRPOConfig
-from wrpo.training.logps import sequence_logps, split_responses
+from wrpo.training.logps import batch_logps, split_responses
+from wrpo.training.reference import with_reference_logps
 from wrpo.training.schedules import alpha_at
 
 
 class WRPOTrainer(Trainer):
     def __init__(self, model, args: WRPOConfig, train_dataset, processing_class, ref_model=None,
                  eval_dataset=None, callbacks=None, data_collator=None):
-        if args.loss in REFERENCE_FREE:
-            ref_model = None
-        elif ref_model is None:
-            # The reference is the starting policy, frozen: copy it before training moves it.
-            ref_model = copy.deepcopy(model)
         pad_id = processing_class.pad_token_id
         if pad_id is None:
             pad_id = processing_class.eos_token_id or 0
+        collator = data_collator or QuadrupleCollator(pad_id, args.source_weighting, args.share_prompt)
+        needs_reference = args.loss not in REFERENCE_FREE
+        if needs_reference and not args.precompute_ref_logps and ref_model is None:
+            # The reference is the starting policy, frozen: copy it before training moves it.
+            ref_model = copy.deepcopy(model)
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            data_collator=data_collator or QuadrupleCollator(pad_id, args.source_weighting),
+            processing_class=processing_class, data_collator=collator,
             callbacks=[MetricsFileCallback(args.output_dir), *(callbacks or [])],
         )
         # compute_loss returns a per-batch mean; Trainer divides it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
         self.ref_model = None
-        if ref_model is not None:
+        if needs_reference and args.precompute_ref_logps:
+            # Before any checkpoint is loaded, the policy is the starting model: it serves as the
+            # reference itself unless another was given, and no copy is made.
+            self._attach_reference_logps(ref_model.to(self.args.device) if ref_model is not None else self.model)
+        elif needs_reference:
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _attach_reference_logps(self, reference) -> None:
+        def attach(dataset):
+            return with_reference_logps(dataset, reference, self.data_collator, self.args.per_device_eval_batch_size,
+                                        self.args.device, self.args.logps_chunk_size,
+                                        self.args.reference_cache_dir, autocast=self.accelerator.autocast)
+
+        self.train_dataset = attach(self.train_dataset)
+        if self.eval_dataset is not None:
+            self.eval_dataset = attach(self.eval_dataset)
+
+    def _length_grouped_sampler(self, dataset, batch_size: int):
+        # Trainer can only read lengths from a `datasets` column; ours are prompt + longest response.
+        return LengthGroupedSampler(batch_size, lengths=[example.length for example in dataset.examples])
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length":
+            return self._length_grouped_sampler(
+                dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy == "group_by_length":
+            return self._length_grouped_sampler(eval_dataset, self.args.eval_batch_size)
+        return super()._get_eval_sampler(eval_dataset)
 
     def current_alpha(self) -> float:
         """alpha of the optimizer step being taken: a pure function of the global step."""
         return alpha_at(self.state.global_step, self.state.max_steps, self.args.alpha, self.args.alpha_schedule)
 
     def _response_logps(self, model, inputs) -> tuple[ResponseLogps, ResponseLogps]:
-        logps, counts = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        logps, counts = batch_logps(model, inputs, self.args.logps_chunk_size)
         num_sources = inputs["source_weights"].shape[1]
         return split_responses(logps, num_sources), split_responses(counts, num_sources)
 
+    def _reference_logps(self, inputs) -> ResponseLogps | None:
+        num_sources = inputs["source_weights"].shape[1]
+        if "reference_logps" in inputs:
+            return split_responses(inputs["reference_logps"].reshape(-1), num_sources)
+        if self.ref_model is None:
+            if self.args.loss in REFERENCE_FREE:
+                return None
+            raise ValueError("this batch has no reference log-probs: with precompute_ref_logps they are computed "
+                             "for the datasets given to WRPOTrainer, so pass eval_dataset there (or turn "
+                             "precompute_ref_logps off)")
+        with torch.no_grad():
+            return self._response_logps(self.ref_model, inputs)[0]
+
     def _loss_output(self, model, inputs) -> tuple[LossOutput, ResponseLogps, float]:
         policy, lengths = self._response_logps(model, inputs)
-        reference = None
-        if self.ref_model is not None:
-            with torch.no_grad():
-                reference, _ = self._response_logps(self.ref_model, inputs)
         alpha = self.current_alpha()
         settings = LossSettings(alpha=alpha, beta=self.args.beta, gamma=self.args.gamma,
                                 label_smoothing=self.args.label_smoothing)
-        batch = PreferenceLogps(policy=policy, reference=reference, lengths=lengths,
+        batch = PreferenceLogps(policy=policy, reference=self._reference_logps(inputs), lengths=lengths,
                                 source_weights=inputs["source_weights"])
         return LOSSES[self.args.loss](batch, settings), policy, alpha
 

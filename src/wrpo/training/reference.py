@@ -1,0 +1,88 @@
+"""Reference log-probs computed once before training and cached on disk, so that the reference
+model is neither run every step nor kept in memory while training.
+
+The cache file is keyed by a fingerprint of the reference weights and of the encoded examples
+(token ids after truncation), so a changed model, data file or length limit never reuses stale values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from wrpo.data.dataset import QuadrupleCollator, QuadrupleDataset
+from wrpo.data.tokenize import EncodedQuadruple
+from wrpo.training.logps import batch_logps
+
+
+def model_fingerprint(model) -> str:
+    """A hash of every parameter's name, shape and a strided sample of its values: cheap even for
+    billions of weights, and any training step changes it."""
+    digest = hashlib.sha256()
+    for name, parameter in getattr(model, "module", model).named_parameters():
+        flat = parameter.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def examples_fingerprint(examples: list[EncodedQuadruple]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.prompt_ids, example.source_ids, example.target_ids,
+                                  example.rejected_ids]).encode())
+    return digest.hexdigest()
+
+
+def compute_reference_logps(model, examples: list[EncodedQuadruple], collator: QuadrupleCollator,
+                            batch_size: int, device: torch.device, chunk_size: int = 0,
+                            autocast=contextlib.nullcontext) -> list[tuple[float, ...]]:
+    """Summed log-probs of [sources..., target, rejected] of every example, in batches of similar
+    length (little padding), with a progress bar."""
+    order = sorted(range(len(examples)), key=lambda index: examples[index].length)
+    results: list[tuple[float, ...] | None] = [None] * len(examples)
+    was_training = model.training
+    model.eval()
+    with Progress(TextColumn("reference log-probs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as progress, torch.no_grad(), autocast():
+        task = progress.add_task("", total=len(examples))
+        for start in range(0, len(order), batch_size):
+            indices = order[start: start + batch_size]
+            batch = {key: value.to(device) for key, value in collator([examples[i] for i in indices]).items()}
+            logps, _ = batch_logps(model, batch, chunk_size)
+            per_example = logps.view(len(indices), -1).cpu()
+            for row, index in enumerate(indices):
+                kept = len(examples[index].source_ids)  # drop the empty slots of shorter source lists
+                values = per_example[row].tolist()
+                results[index] = (*values[:kept], values[-2], values[-1])
+            progress.advance(task, len(indices))
+    model.train(was_training)
+    return results
+
+
+def with_reference_logps(dataset: QuadrupleDataset, model, collator: QuadrupleCollator, batch_size: int,
+                         device: torch.device, chunk_size: int = 0, cache_dir: str | Path | None = None,
+                         autocast=contextlib.nullcontext) -> QuadrupleDataset:
+    """The dataset with each example's reference log-probs, read from the cache when there."""
+    examples = dataset.examples
+    cache_file, values = None, None
+    if cache_dir is not None:
+        key = hashlib.sha256((model_fingerprint(model) + examples_fingerprint(examples)).encode()).hexdigest()
+        cache_file = Path(cache_dir) / f"reference-logps-{key[:20]}.json"
+        if cache_file.exists():
+            values = json.loads(cache_file.read_text())
+    if values is None:
+        values = compute_reference_logps(model, examples, collator, batch_size, device, chunk_size, autocast)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache_file.with_suffix(".json.tmp")
+            partial.write_text(json.dumps(values))
+            partial.replace(cache_file)
+    return QuadrupleDataset([replace(e, reference_logps=tuple(v)) for e, v in zip(examples, values)])

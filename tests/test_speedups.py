@@ -1,0 +1,171 @@
+"""Each training speed-up gives the naive computation's result: log-probs, gradients, losses, weights."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import WORDS, write_jsonl
+from wrpo.data import QuadrupleCollator, QuadrupleEncoder, load_quadruple_dataset
+from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.training import WRPOConfig, WRPOTrainer, train
+from wrpo.training.logps import batch_logps
+from wrpo.training.reference import with_reference_logps
+
+NAIVE = dict(share_prompt=False, chunk_size=0)
+
+
+def varied_rows(count=len(WORDS)):
+    """Prompts of different lengths (left padding), one or two source responses (an empty slot)."""
+    rows = []
+    for i in range(count):
+        word = WORDS[i % len(WORDS)] * (1 + i // len(WORDS))
+        sources = [word[::-1], word[::-1].upper()] if i % 3 == 0 else word[::-1]
+        rows.append({"prompt_id": str(i), "prompt": "please reverse " * (i % 4) + word, "chosen_source": sources,
+                     "chosen_target": word[::-1][:-1], "rejected": word * (1 + i % 2)})
+    return rows
+
+
+@pytest.fixture
+def setting(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model), dtype=torch.float32)
+    encoder = QuadrupleEncoder(tokenizer, max_length=96, max_prompt_length=64, top_k_sources=2)
+    dataset = load_quadruple_dataset(write_jsonl(tmp_path / "varied.jsonl", varied_rows()), encoder)
+    return tokenizer, model, dataset
+
+
+def logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size):
+    batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=share_prompt)(examples)
+    model.zero_grad()
+    logps, counts = batch_logps(model, batch, chunk_size)
+    # Any scalar that weighs every response differently exercises every gradient path.
+    weights = torch.linspace(0.5, 1.5, logps.shape[0])
+    (logps * weights).sum().backward()
+    return logps.detach(), counts, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_full_rows_give_the_log_probs_of_one_unpadded_sequence_at_a_time(setting):
+    tokenizer, model, dataset = setting
+    examples = [dataset[i] for i in range(4)]
+    batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=False)(examples)
+    with torch.no_grad():
+        batched, counts = batch_logps(model, batch, 0)
+        one_at_a_time = []
+        for example in examples:
+            slots = example.source_ids + [[]] * (2 - len(example.source_ids))
+            for response in (*slots, example.target_ids, example.rejected_ids):
+                ids = torch.tensor([example.prompt_ids + response])
+                token_logps = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+                one_at_a_time.append(token_logps[len(example.prompt_ids) - 1:].sum())
+    torch.testing.assert_close(batched, torch.stack(one_at_a_time), atol=1e-5, rtol=1e-5)
+    assert counts.tolist() == [len(r) for e in examples
+                               for r in (*e.source_ids, *[[]] * (2 - len(e.source_ids)), e.target_ids, e.rejected_ids)]
+
+
+@pytest.mark.parametrize("share_prompt, chunk_size", [(False, 7), (True, 0), (True, 7)])
+def test_shared_prompt_and_chunked_head_equal_the_naive_log_probs_and_gradients(setting, share_prompt, chunk_size):
+    tokenizer, model, dataset = setting
+    examples = [dataset[i] for i in range(6)]
+    naive_logps, naive_counts, naive_grads = logps_and_gradients(model, tokenizer, examples, **NAIVE)
+    logps, counts, grads = logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size)
+    torch.testing.assert_close(logps, naive_logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(counts, naive_counts)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_chunked_head_keeps_no_tokens_by_vocab_float32_tensor_for_backward(setting):
+    tokenizer, model, dataset = setting
+    examples = [dataset[i] for i in range(6)]
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+
+    def vocab_rows_saved(share_prompt, chunk_size):
+        batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=share_prompt)(examples)
+        rows = [0]
+
+        def pack(tensor):  # every tensor autograd keeps for backward, except the head's weight
+            if tensor.dtype == torch.float32 and vocab in tensor.shape and tensor.numel() != vocab * hidden:
+                rows[0] += tensor.numel() // vocab
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            _, counts = batch_logps(model, batch, chunk_size)
+        return rows[0], int(counts.sum())
+
+    naive_rows, tokens = vocab_rows_saved(False, 0)
+    assert naive_rows >= tokens                   # full logits over every position
+    assert vocab_rows_saved(False, 8)[0] == 0     # chunks are recomputed in backward
+    # Shared prompt: only the prompts' last log-probs (which predict each first response token) remain.
+    assert vocab_rows_saved(True, 8)[0] == len(examples)
+
+
+def config(output_dir, **overrides):
+    settings = dict(output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                    beta=0.5, alpha=0.5, max_length=96, max_prompt_length=64, top_k_sources=2, save_steps=100,
+                    disable_tqdm=True, report_to="none", seed=3, train_sampling_strategy="random")
+    return WRPOConfig(**{**settings, **overrides})
+
+
+def test_precomputed_reference_trains_exactly_like_a_reference_run_every_step(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
+    train(str(tiny_model), data, config(tmp_path / "every-step", precompute_ref_logps=False, share_prompt=False,
+                                        logps_chunk_size=0))
+    train(str(tiny_model), data, config(tmp_path / "fast"))
+    slow, fast = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                  for run in ("every-step", "fast"))
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/source_chosen"):
+        assert [m[key] for m in fast] == pytest.approx([m[key] for m in slow], abs=1e-4), key
+    assert list((tmp_path / "varied.jsonl.wrpo-cache").glob("reference-logps-*.json"))
+
+
+def test_the_reference_is_not_kept_in_memory_when_precomputed(setting, tmp_path):
+    tokenizer, model, dataset = setting
+    trainer = WRPOTrainer(model=model, args=config(tmp_path / "out"), train_dataset=dataset, processing_class=tokenizer)
+    assert trainer.ref_model is None
+    assert all(example.reference_logps is not None for example in trainer.train_dataset.examples)
+
+
+def test_reference_cache_is_reused_and_keyed_by_model_and_data(setting, tmp_path):
+    tokenizer, model, dataset = setting
+    collator = QuadrupleCollator(tokenizer.pad_token_id)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+
+    def attach(data):
+        return with_reference_logps(data, model, collator, 4, torch.device("cpu"), 8, tmp_path / "cache")
+
+    first = attach(dataset)
+    assert calls and len(list((tmp_path / "cache").iterdir())) == 1
+    calls.clear()
+    again = attach(dataset)
+    assert not calls  # read from the cache, no forward pass
+    assert [e.reference_logps for e in again.examples] == [e.reference_logps for e in first.examples]
+
+    attach(type(dataset)(dataset.examples[:5]))  # other data: a new entry
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # other weights: a new entry
+    attach(dataset)
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_length_grouped_batches_need_less_padding_and_hold_every_example_once(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    encoder = QuadrupleEncoder(tokenizer, max_length=128, max_prompt_length=64, top_k_sources=2)
+    dataset = load_quadruple_dataset(write_jsonl(tmp_path / "many.jsonl", varied_rows(48)), encoder)
+
+    def padding(strategy):
+        trainer = WRPOTrainer(model=load_causal_lm(str(tiny_model)), processing_class=tokenizer, train_dataset=dataset,
+                              args=config(tmp_path / strategy, train_sampling_strategy=strategy,
+                                          precompute_ref_logps=False))
+        torch.manual_seed(0)
+        order = list(trainer._get_train_sampler())
+        assert sorted(order) == list(range(len(dataset)))
+        batches = [[dataset[i].length for i in order[start: start + 4]] for start in range(0, len(order), 4)]
+        return sum(max(batch) * len(batch) - sum(batch) for batch in batches)
+
+    assert padding("group_by_length") < 0.5 * padding("random")
+
+
+def test_activation_checkpointing_turns_the_shared_prompt_off(tmp_path):
+    assert config(tmp_path, activation_checkpointing=True).share_prompt is False
