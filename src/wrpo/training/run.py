@@ -36,12 +36,11 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
     # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
     # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
     policy = load_causal_lm(model, dtype=torch.float32)
-    reference = None
-    if ref_model is not None and config.loss not in REFERENCE_FREE:
-        reference = load_causal_lm(ref_model, dtype=torch.float32)
-
+    # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
+    needs_reference = ref_model is not None and config.loss not in REFERENCE_FREE
     trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
-                          ref_model=reference, callbacks=list(callbacks))
+                          ref_model=load_causal_lm(ref_model, dtype=torch.float32) if needs_reference else None,
+                          callbacks=list(callbacks))
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if checkpoint:
         console.print(f"resuming from {checkpoint}")
