@@ -44,9 +44,10 @@ def test_several_source_responses_with_scores():
            "meta": {"source_scores": [0.9, 0.4]}}
     quadruple = parse_quadruple(row, "f.jsonl", 1)
     assert quadruple.chosen_source == ["best", "second"] and quadruple.source_scores == [0.9, 0.4]
-    row["meta"]["source_scores"] = [0.9]
-    with pytest.raises(InputError, match=r"f.jsonl:1: meta 'source_scores' must be 2 number"):
-        parse_quadruple(row, "f.jsonl", 1)
+    for bad in ([0.9], [float("nan"), 0.4], [float("inf"), 0.4]):
+        row["meta"]["source_scores"] = bad
+        with pytest.raises(InputError, match=r"f.jsonl:1: meta 'source_scores' must be 2 finite number"):
+            parse_quadruple(row, "f.jsonl", 1)
 
 
 BAD_ROWS = [
@@ -164,6 +165,19 @@ def test_shared_prompt_layout_left_pads_prompts_once_and_right_pads_responses(ti
         assert batch["response_mask"][row].sum().item() == len(response)
     assert batch["response_mask"][5].sum() == 0  # the second example has one source: slot 1 is empty
     assert "reference_logps" not in batch
+
+
+def test_a_prompt_the_chat_template_rejects_names_its_line(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}"
+                               "{{ m['content'] }}{% endfor %}")
+    rows = native_rows(2)
+    rows[1]["prompt"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    encoder = QuadrupleEncoder(tokenizer, max_length=64, max_prompt_length=32)
+    with pytest.raises(InputError, match=r"q.jsonl:2: the chat template rejects this conversation "
+                                         r"\(System role not supported\)"):
+        load_quadruple_dataset(write_jsonl(tmp_path / "q.jsonl", rows), encoder)
 
 
 def test_score_weighting_without_scores_names_the_line(tiny_model, native_data):

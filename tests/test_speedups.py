@@ -169,3 +169,49 @@ def test_length_grouped_batches_need_less_padding_and_hold_every_example_once(ti
 
 def test_activation_checkpointing_turns_the_shared_prompt_off(tmp_path):
     assert config(tmp_path, activation_checkpointing=True).share_prompt is False
+
+
+def test_a_model_whose_logits_the_head_cannot_reproduce_falls_back_to_its_own_logits(tiny_model, native_data, tmp_path):
+    """Granite divides its logits by logits_scaling inside forward; no config convention says so."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(GraniteConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, logits_scaling=4.0))
+    dataset = load_quadruple_dataset(native_data, QuadrupleEncoder(tokenizer, 48, 24))
+    trainer = WRPOTrainer(model=model, args=config(tmp_path / "out", max_length=48, max_prompt_length=24,
+                                                   top_k_sources=1),
+                          train_dataset=dataset, processing_class=tokenizer)
+    assert trainer.args.logps_chunk_size == 0
+    examples = [dataset[i] for i in range(4)]
+    naive, _, _ = logps_and_gradients(model, tokenizer, examples, **NAIVE)
+    shared, _, _ = logps_and_gradients(model, tokenizer, examples, share_prompt=True, chunk_size=0)
+    torch.testing.assert_close(shared, naive, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_is_off_so_the_first_step_has_zero_rewards(tmp_path, native_data):
+    """A GPT-2 has dropout 0.1 by default: left on, the policy differs from the reference at step 0."""
+    from wrpo.demo.tiny import build_char_tokenizer, save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "gpt2", build_char_tokenizer(), "gpt2")
+    train(str(model_dir), native_data, config(tmp_path / "out", max_steps=1, max_length=48, max_prompt_length=24,
+                                              top_k_sources=1))
+    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/margins"] == pytest.approx(0, abs=1e-6) and first["loss"] == pytest.approx(0.693147, abs=1e-5)
+
+
+def test_evaluating_during_training_does_not_change_the_run(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "varied.jsonl", varied_rows(24))
+    tokenizer = load_tokenizer(str(tiny_model))
+    dataset = load_quadruple_dataset(data, QuadrupleEncoder(tokenizer, 96, 64, top_k_sources=2))
+
+    def losses(**evaluation):
+        trainer = WRPOTrainer(model=load_causal_lm(str(tiny_model)), processing_class=tokenizer,
+                              train_dataset=dataset, eval_dataset=dataset,
+                              args=config(tmp_path / str(len(evaluation)), max_steps=6, train_sampling_strategy="group_by_length",
+                                          **evaluation))
+        trainer.train()
+        return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    assert losses() == pytest.approx(losses(eval_strategy="steps", eval_steps=1), abs=1e-6)

@@ -95,6 +95,7 @@ def test_other_forms_train(tiny_model, native_data, tmp_path, loss):
 def test_config_rejects_bad_settings(tmp_path):
     for overrides, message in [({"alpha": 1.5}, "alpha must lie"), ({"loss": "kto"}, "loss must be one of"),
                                ({"alpha_schedule": "cosine"}, "alpha_schedule"), ({"beta": 0}, "beta must be positive"),
-                               ({"max_prompt_length": 48}, "must be below max_length")]:
+                               ({"max_prompt_length": 48}, "must be below max_length"),
+                               ({"max_prompt_length": 0}, "max_prompt_length must be at least 1")]:
         with pytest.raises(ValueError, match=message):
             config(tmp_path, **overrides)

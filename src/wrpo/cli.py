@@ -56,16 +56,150 @@ def train(
 ):
     """WRPO-train a model on quadruples (prompt, best source response, best target response, worst response)."""
     flags = {name: value for name, value in locals().items() if name != "config"}
+    from wrpo.training.config import WRPOConfig
     from wrpo.training.run import train as run_training
-    from wrpo.training.settings import resolve_train_settings
+    from wrpo.training.settings import resolve_settings
 
     try:
-        settings = resolve_train_settings(flags, config)
+        settings = resolve_settings(WRPOConfig, flags, config)
         output_dir = run_training(settings.model, settings.data, settings.config,
                                   ref_model=settings.ref_model, resume=settings.resume)
     except InputError as error:
         _fail(error)
     typer.echo(f"saved the trained model to {output_dir}")
+
+
+@app.command()
+def sft(
+    model: str = typer.Option(None, help="Target model: a folder saved with save_pretrained (or a Hub id)."),
+    data: str = typer.Option(None, help="SFT rows {prompt, response} (wrpo build sft writes them)."),
+    output: str = typer.Option(None, help="Output folder: model, tokenizer, metrics.jsonl, checkpoints."),
+    lr: float = typer.Option(None, help="Peak learning rate [7e-6]."),
+    batch_size: int = typer.Option(None, help="Examples per device per step [8]."),
+    grad_accum: int = typer.Option(None, help="Gradient accumulation steps [1]."),
+    epochs: float = typer.Option(None, help="Epochs [1]."),
+    max_steps: int = typer.Option(None, help="Optimizer steps; overrides --epochs when positive."),
+    max_length: int = typer.Option(None, help="Prompt + response tokens [2048]."),
+    save_steps: int = typer.Option(None, help="Checkpoint every N steps [100]."),
+    seed: int = typer.Option(None, help="Random seed [42]."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint in --output [resume]."),
+    config: Path = typer.Option(None, help="YAML file of settings (flag names or SFTConfig fields); flags override it."),
+):
+    """Supervised fine-tuning on (prompt, best source response), the loss on response tokens only (TRL's SFTTrainer)."""
+    flags = {name: value for name, value in locals().items() if name != "config"}
+    from wrpo.training.settings import resolve_settings
+    from wrpo.training.sft import WRPOSFTConfig, sft as run_sft
+
+    try:
+        settings = resolve_settings(WRPOSFTConfig, flags, config, run_keys=("model", "data", "resume"))
+        output_dir = run_sft(settings.model, settings.data, settings.config, resume=settings.resume)
+    except InputError as error:
+        _fail(error)
+    typer.echo(f"saved the fine-tuned model to {output_dir}")
+
+
+@app.command()
+def sample(
+    model: str = typer.Option(..., help="Model folder (or Hub id) to sample from."),
+    prompts: Path = typer.Option(..., help="Prompts: rows with 'prompt' (text or messages) and optionally 'prompt_id'."),
+    output: Path = typer.Option(..., help="Output JSONL: one row per prompt with its responses."),
+    n: int = typer.Option(5, "-n", "--n", help="Responses per prompt."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling probability."),
+    max_new_tokens: int = typer.Option(512, help="Longest response, in tokens."),
+    backend: str = typer.Option("hf", help="hf (transformers) or vllm."),
+    shard: str = typer.Option("0/1", help="I/N: sample only every N-th prompt, starting at the I-th."),
+    batch_size: int = typer.Option(16, help="Prompts per batch (and per flush to disk)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    name: str = typer.Option(None, help="Model name written in the rows [the folder's name]."),
+    tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per model replica."),
+    data_parallel_size: int = typer.Option(1, help="vllm: model replicas."),
+):
+    """Sample n responses per prompt with the model's chat template; resumable."""
+    from wrpo.generation.backends import BACKENDS, SamplingSettings
+    from wrpo.generation.sample import parse_shard, sample as run_sample
+
+    try:
+        if backend not in BACKENDS:
+            raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        try:
+            shard_of = parse_shard(shard)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        options = dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size) \
+            if backend == "vllm" else {}
+        written = run_sample(model, prompts, output, SamplingSettings(n, temperature, top_p, max_new_tokens, seed),
+                             backend=backend, shard=shard_of, batch_size=batch_size, name=name, **options)
+    except InputError as error:
+        _fail(error)
+    typer.echo(f"wrote {written}")
+
+
+@app.command()
+def score(
+    responses: list[Path] = typer.Option(..., help="Outputs of wrpo sample (repeat the flag for several)."),
+    reward_model: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer pkg.module:function."),
+    output: Path = typer.Option(..., help="Output JSONL: the input rows with a 'scores' list."),
+    batch_size: int = typer.Option(16, help="Responses per scoring batch."),
+    trust_remote_code: bool = typer.Option(False, help="Run the reward model's own code (ArmoRM needs it)."),
+):
+    """Score every sampled response with a reward model or a Python function; resumable."""
+    from wrpo.reward.score import score as run_score
+
+    try:
+        written = run_score(responses, reward_model, output, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    except InputError as error:
+        _fail(error)
+    typer.echo(f"wrote {written}")
+
+
+build_app = typer.Typer(help="Build training data from scored samples.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(build_app, name="build")
+
+
+@build_app.command("sft")
+def build_sft_command(
+    scores: list[Path] = typer.Option(..., help="Scored source samples (repeat the flag for each source)."),
+    sft_output: Path = typer.Option(..., help="SFT rows {prompt_id, prompt, response}."),
+    preference_output: Path = typer.Option(..., help="Preference prompts with their source responses, best first."),
+    sft_fraction: float = typer.Option(1 / 3, help="Share of prompts for SFT (a stable split by prompt id)."),
+    seed: int = typer.Option(42, help="Seed of the split."),
+):
+    """Pick the best source response per prompt and split prompts between SFT and preference learning."""
+    from wrpo.data.construct import build_sft
+
+    try:
+        build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed)
+    except InputError as error:
+        _fail(error)
+
+
+@build_app.command("pairs")
+def build_pairs_command(
+    preference_prompts: Path = typer.Option(..., help="The preference prompts of wrpo build sft."),
+    target_scores: list[Path] = typer.Option(..., help="Scored samples of target-sft on those prompts."),
+    output: Path = typer.Option(..., help="Quadruples for wrpo train."),
+    top_k_sources: int = typer.Option(1, help="Source responses kept per prompt, best first."),
+):
+    """Join the best source responses with target-sft's best and worst samples into quadruples."""
+    from wrpo.data.construct import build_pairs
+
+    try:
+        build_pairs(preference_prompts, target_scores, output, top_k_sources=top_k_sources)
+    except InputError as error:
+        _fail(error)
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/).")):
+    """Run every pipeline stage of a recipe that is not yet done: sample, score, build, SFT, WRPO."""
+    from wrpo.pipeline.run import run_recipe
+
+    try:
+        statuses = run_recipe(recipe)
+    except InputError as error:
+        _fail(error)
+    typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
 
 
 @app.command()

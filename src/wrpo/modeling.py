@@ -11,7 +11,8 @@ from wrpo.errors import InputError
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-def _check_location(name_or_path: str) -> None:
+def check_model_location(name_or_path: str) -> None:
+    """Fails with a one-line error for a local path that does not exist (Hub ids are left to the loader)."""
     if Path(name_or_path).expanduser().exists():
         return
     if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path):
@@ -22,7 +23,7 @@ def load_tokenizer(name_or_path: str):
     """The model's tokenizer, given a pad token (its EOS) when it has none."""
     from transformers import AutoTokenizer
 
-    _check_location(name_or_path)
+    check_model_location(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
@@ -35,7 +36,7 @@ def load_tokenizer(name_or_path: str):
 def load_causal_lm(name_or_path: str, dtype=None):
     from transformers import AutoModelForCausalLM
 
-    _check_location(name_or_path)
+    check_model_location(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
     except (OSError, ValueError) as error:

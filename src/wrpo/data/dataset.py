@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import Dataset
 
 from wrpo.data.records import iter_quadruples
 from wrpo.data.tokenize import EncodedQuadruple, QuadrupleEncoder
 from wrpo.errors import InputError
 from wrpo.losses import source_weights_from_scores
+from wrpo.progress import stage_progress
 
 
 class QuadrupleDataset(Dataset):
@@ -32,8 +32,7 @@ def load_quadruple_dataset(paths: str | Path | Sequence[str | Path], encoder: Qu
     """Reads, validates and encodes every row; a bad row raises InputError naming its file and line."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     examples = []
-    with Progress(TextColumn("encoding {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True) as progress:
+    with stage_progress("encoding quadruples") as progress:
         for path in paths:
             task = progress.add_task(str(path), total=None)
             for line, quadruple in iter_quadruples(path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,18 +101,24 @@ def iter_quadruples(path: str | Path) -> Iterator[tuple[int, Quadruple]]:
         raise InputError("no rows", path)
 
 
-def parse_quadruple(row: dict, path: str | Path, line: int) -> Quadruple:
+def row_failer(path: str | Path, line: int):
+    """fail(message) for the parse_* helpers: raises InputError naming the file and line."""
     def fail(message: str):
         raise InputError(message, path, line)
+    return fail
+
+
+def parse_quadruple(row: dict, path: str | Path, line: int) -> Quadruple:
+    fail = row_failer(path, line)
 
     if "chosen_source" in row:
         sources = row["chosen_source"]
         sources = [sources] if isinstance(sources, str) else sources
         if not isinstance(sources, list) or not sources:
             fail("'chosen_source' must be a text or a non-empty list of texts")
-        chosen_source = [_text(s, "chosen_source", fail) for s in sources]
-        chosen_target = _text(_field(row, "chosen_target", fail), "chosen_target", fail)
-        rejected = _text(_field(row, "rejected", fail), "rejected", fail)
+        chosen_source = [parse_text(s, "chosen_source", fail) for s in sources]
+        chosen_target = parse_text(field_of(row, "chosen_target", fail), "chosen_target", fail)
+        rejected = parse_text(field_of(row, "rejected", fail), "rejected", fail)
         meta = row.get("meta") or {}
         if not isinstance(meta, dict):
             fail("'meta' must be an object")
@@ -119,35 +126,38 @@ def parse_quadruple(row: dict, path: str | Path, line: int) -> Quadruple:
         chosen = row["chosen"]
         if not isinstance(chosen, list) or len(chosen) != 2:
             fail("'chosen' must be a list [best source response, best target response]")
-        chosen_source = [_text(chosen[0], "chosen[0]", fail)]
-        chosen_target = _text(chosen[1], "chosen[1]", fail)
-        rejected_field = _field(row, "rejected", fail)
+        chosen_source = [parse_text(chosen[0], "chosen[0]", fail)]
+        chosen_target = parse_text(chosen[1], "chosen[1]", fail)
+        rejected_field = field_of(row, "rejected", fail)
         if isinstance(rejected_field, list):
             if len(rejected_field) != 1:
                 fail("'rejected' must be a list of one response")
             rejected_field = rejected_field[0]
-        rejected = _text(rejected_field, "rejected", fail)
+        rejected = parse_text(rejected_field, "rejected", fail)
         meta = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "prompt_id")}
     else:
         fail("missing field 'chosen_source' (native format) or 'chosen' (WRPO release format)")
 
-    prompt = _prompt(_field(row, "prompt", fail), fail)
+    prompt = parse_prompt(field_of(row, "prompt", fail), fail)
     prompt_id = row.get("prompt_id")
-    if prompt_id is None:
-        prompt_id = hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
-    return Quadruple(prompt_id=str(prompt_id), prompt=prompt, chosen_source=chosen_source,
+    return Quadruple(prompt_id=stable_prompt_id(prompt) if prompt_id is None else str(prompt_id), prompt=prompt, chosen_source=chosen_source,
                      chosen_target=chosen_target, rejected=rejected,
                      source_scores=_scores(meta.get("source_scores"), len(chosen_source), fail), meta=meta)
 
 
-def _field(row: dict, name: str, fail):
+def stable_prompt_id(prompt: Prompt) -> str:
+    """An id for rows that carry none: the same prompt always gets the same id."""
+    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def field_of(row: dict, name: str, fail):
     if name not in row or row[name] is None:
         fail(f"missing field '{name}'")
     return row[name]
 
 
-def _text(value, name: str, fail) -> str:
-    """A response given as text or as a message {"role", "content"}."""
+def parse_text(value, name: str, fail) -> str:
+    """A response given as text or as a message {"role", "content"}; `fail(message)` raises."""
     if isinstance(value, dict):
         value = value.get("content")
     if not isinstance(value, str):
@@ -157,7 +167,8 @@ def _text(value, name: str, fail) -> str:
     return value
 
 
-def _prompt(value, fail) -> Prompt:
+def parse_prompt(value, fail) -> Prompt:
+    """A prompt given as text, a message or a list of messages; `fail(message)` raises."""
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, str):
@@ -179,6 +190,6 @@ def _scores(value, count: int, fail) -> list[float] | None:
     if value is None:
         return None
     if not (isinstance(value, list) and len(value) == count
-            and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in value)):
-        fail(f"meta 'source_scores' must be {count} number(s), one per source response")
+            and all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in value)):
+        fail(f"meta 'source_scores' must be {count} finite number(s), one per source response")
     return [float(s) for s in value]

@@ -14,6 +14,32 @@ from wrpo.data.records import Prompt, Quadruple
 from wrpo.errors import InputError
 
 
+def as_messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The chat template's text; a template that refuses the conversation (many reject a system
+    turn or roles that do not alternate) is an InputError, which callers tie to a file and line."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    except TemplateError as error:
+        raise InputError(f"the chat template rejects this conversation ({error})") from None
+
+
+def encode_prompt(tokenizer, prompt: Prompt) -> tuple[list[int], str]:
+    """(token ids, text) of a prompt as the model sees it before answering: the chat template with
+    its generation prompt, or without a template the plain text (with BOS if the tokenizer adds one).
+    Training and sampling both use this, so a model is trained on exactly what it is sampled with."""
+    if getattr(tokenizer, "chat_template", None) is not None:
+        text = render_chat(tokenizer, as_messages(prompt), add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"], text
+    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    return tokenizer(text, add_special_tokens=True)["input_ids"], text
+
+
 @dataclass(frozen=True)
 class EncodedQuadruple:
     prompt_ids: list[int]
@@ -57,7 +83,7 @@ class QuadrupleEncoder:
         self.has_chat_template = getattr(self.tokenizer, "chat_template", None) is not None
 
     def encode(self, quadruple: Quadruple) -> EncodedQuadruple:
-        prompt_ids, prompt_text = self._prompt(quadruple.prompt)
+        prompt_ids, prompt_text = encode_prompt(self.tokenizer, quadruple.prompt)
         if len(prompt_ids) > self.max_prompt_length:
             prompt_ids = prompt_ids[-self.max_prompt_length:]
             self.report.prompts_truncated += 1
@@ -70,22 +96,11 @@ class QuadrupleEncoder:
         return EncodedQuadruple(prompt_ids=prompt_ids, source_ids=encoded[:-2], target_ids=encoded[-2],
                                 rejected_ids=encoded[-1], source_scores=scores)
 
-    def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
-        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-
-    def _prompt(self, prompt: Prompt) -> tuple[list[int], str]:
-        if self.has_chat_template:
-            text = self.tokenizer.apply_chat_template(self._messages(prompt), add_generation_prompt=True,
-                                                      tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"], text
 
     def _response(self, prompt: Prompt, prompt_text: str, response: str, budget: int) -> list[int]:
         eos = self.tokenizer.eos_token or ""
         if self.has_chat_template:
-            full = self.tokenizer.apply_chat_template(
-                self._messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False)
+            full = render_chat(self.tokenizer, as_messages(prompt) + [{"role": "assistant", "content": response}])
             # A template that rewrites earlier turns (some strip past reasoning) breaks the prefix:
             # then score the bare response and EOS, as without a template.
             text = full[len(prompt_text):] if full.startswith(prompt_text) else response + eos

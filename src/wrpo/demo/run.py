@@ -16,12 +16,11 @@ import json
 import random
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from wrpo.demo.tiny import save_tiny_llama
-from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.generation.backends import HFGenerator, SamplingSettings
 from wrpo.training import WRPOConfig, train
 
 LETTERS = "abcdefghij"
@@ -52,16 +51,10 @@ def write_quadruples(path: Path, words: list[str], rng: random.Random) -> None:
 
 
 def mean_reward(model_dir: Path, words: list[str]) -> float:
-    tokenizer = load_tokenizer(str(model_dir))
-    tokenizer.padding_side = "left"
-    model = load_causal_lm(str(model_dir), dtype=torch.float32).eval()
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": reversal_prompt(w)}],
-                                             add_generation_prompt=True, tokenize=False) for w in words]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        generated = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    answers = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(reversal_reward(answer, word) for answer, word in zip(answers, words)) / len(words)
+    generator = HFGenerator(str(model_dir))
+    prompts = [generator.prompt_ids(reversal_prompt(word)) for word in words]
+    answers = generator.generate(prompts, words, SamplingSettings(n=1, temperature=0.0, max_new_tokens=12))
+    return sum(reversal_reward(answer, word) for (answer,), word in zip(answers, words)) / len(words)
 
 
 def run_demo(output_dir: Path, seed: int = 0, cache_dir: Path | None = None, steps: int = 300,

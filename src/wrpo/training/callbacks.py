@@ -26,8 +26,7 @@ class MetricsFileCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if state.global_step > 0 and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= state.global_step]
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= state.global_step]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.path)
@@ -37,3 +36,11 @@ class MetricsFileCallback(TrainerCallback):
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def _step(line: str) -> float:
+    """The step of a metrics line; infinite for a blank or torn one (a crash mid-write), so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")

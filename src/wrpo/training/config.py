@@ -45,6 +45,8 @@ class WRPOConfig(TrainingArguments):
     logps_chunk_size: int = field(default=1024, metadata={
         "help": "Tokens per output-head chunk, so no [tokens, vocab] float32 tensor is kept; "
                 "0 computes the model's full logits (the naive way)."})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "Turn dropout off in the policy, so that its rewards are those of the reference at step 0."})
     reference_cache_dir: str | None = field(default=None, metadata={
         "help": "Folder for cached reference log-probs; `wrpo train` uses DATA.wrpo-cache beside the data."})
 
@@ -71,6 +73,7 @@ class WRPOConfig(TrainingArguments):
              f"alpha_schedule must be one of {', '.join(ALPHA_SCHEDULES)}, got {self.alpha_schedule!r}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (0.0 <= self.label_smoothing < 0.5, f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing}"),
+            (self.max_prompt_length >= 1, f"max_prompt_length must be at least 1, got {self.max_prompt_length}"),
             (self.max_prompt_length < self.max_length,
              f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"),
             (self.top_k_sources >= 1, f"top_k_sources must be at least 1, got {self.top_k_sources}"),

@@ -1,7 +1,8 @@
 """Summed log-probs of response tokens under a causal LM, naive and fast, with equal results.
 
 Naive (`full_sequence_logps` with chunk_size=0): each (prompt + response) is one padded row and the
-model's full [N, L, vocab] logits are turned into float32 log-probs — what peers do.
+model's full [N, L, vocab] logits are turned into float32 log-probs — what peers do. chunk_size=0
+always reads the model's own logits.
 
 Fast, each part switchable and tested equal to the naive result:
 - shared prompt (`shared_prompt_logps`): the prompt runs once; its key/value cache, repeated once per
@@ -95,18 +96,34 @@ def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_m
     prompt_lengths = prompt_mask.sum(dim=-1).repeat_interleave(per_prompt)  # [N]
     positions = prompt_lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, dim=0), response_mask.long()], dim=1)
-    hidden = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True, output_hidden_states=True,
-                   logits_to_keep=1).hidden_states[-1]  # [N, L, H]
+    response_out = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, output_hidden_states=chunk_size > 0,
+                         logits_to_keep=1 if chunk_size > 0 else 0)
 
     # The first response token is predicted by the prompt's last logit, token t+1 by response position t.
     # Indexing (not repeating) the prompts' log-probs keeps autograd from saving one [vocab] row per response.
     prompt_logps = prompt_out.logits[:, -1].float().log_softmax(dim=-1)  # [B, V]
     owner = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat_interleave(per_prompt)
     first = prompt_logps[owner, response_ids[:, 0]] * response_mask[:, 0]
-    rows, positions = response_mask[:, 1:].nonzero(as_tuple=True)
-    rest = head_token_logps(model, hidden[rows, positions], response_ids[rows, positions + 1], chunk_size)
+    mask, labels = response_mask[:, 1:], response_ids[:, 1:]
+    if chunk_size <= 0:
+        token_logps = -F.cross_entropy(response_out.logits[:, :-1].float().transpose(1, 2), labels, reduction="none")
+        return first + token_logps.masked_fill(~mask, 0.0).sum(dim=-1), response_mask.sum(dim=-1).float()
+    rows, positions = mask.nonzero(as_tuple=True)
+    rest = head_token_logps(model, response_out.hidden_states[-1][rows, positions], labels[rows, positions], chunk_size)
     return first + _sum_per_row(rest, rows, response_ids.shape[0]), response_mask.sum(dim=-1).float()
+
+
+def head_reproduces_logits(model, input_ids: torch.Tensor) -> bool:
+    """Whether the output head applied to the final hidden states (with the logit post-processing
+    wrpo knows) gives the model's own log-probs. Some architectures scale their logits in ways a
+    config key does not tell (Granite divides by logits_scaling); for those the chunked head is off."""
+    with torch.no_grad():
+        out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+        own = out.logits[0].float().log_softmax(dim=-1)
+        labels = own.argmax(dim=-1)
+        ours = head_token_logps(model, out.hidden_states[-1][0], labels, chunk_size=0)
+    return torch.allclose(ours, own.gather(1, labels[:, None])[:, 0], atol=1e-3, rtol=1e-3)
 
 
 def batch_logps(model, batch: dict, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

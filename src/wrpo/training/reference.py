@@ -10,22 +10,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from wrpo.data.dataset import QuadrupleCollator, QuadrupleDataset
 from wrpo.data.tokenize import EncodedQuadruple
+from wrpo.progress import stage_progress
 from wrpo.training.logps import batch_logps
 
 
 def model_fingerprint(model) -> str:
-    """A hash of every parameter's name, shape and a strided sample of its values: cheap even for
-    billions of weights, and any training step changes it."""
-    digest = hashlib.sha256()
-    for name, parameter in getattr(model, "module", model).named_parameters():
+    """A hash of the model's config, every parameter's name, shape and a strided sample of its
+    values: cheap even for billions of weights, and any training step changes it."""
+    unwrapped = getattr(model, "module", model)
+    digest = hashlib.sha256(unwrapped.config.to_json_string(use_diff=False).encode())
+    for name, parameter in unwrapped.named_parameters():
         flat = parameter.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
         digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
@@ -50,8 +52,7 @@ def compute_reference_logps(model, examples: list[EncodedQuadruple], collator: Q
     results: list[tuple[float, ...] | None] = [None] * len(examples)
     was_training = model.training
     model.eval()
-    with Progress(TextColumn("reference log-probs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as progress, torch.no_grad(), autocast():
+    with stage_progress("reference log-probs") as progress, torch.no_grad(), autocast():
         task = progress.add_task("", total=len(examples))
         for start in range(0, len(order), batch_size):
             indices = order[start: start + batch_size]
@@ -69,12 +70,13 @@ def compute_reference_logps(model, examples: list[EncodedQuadruple], collator: Q
 
 def with_reference_logps(dataset: QuadrupleDataset, model, collator: QuadrupleCollator, batch_size: int,
                          device: torch.device, chunk_size: int = 0, cache_dir: str | Path | None = None,
-                         autocast=contextlib.nullcontext) -> QuadrupleDataset:
-    """The dataset with each example's reference log-probs, read from the cache when there."""
+                         autocast=contextlib.nullcontext, precision: str = "") -> QuadrupleDataset:
+    """The dataset with each example's reference log-probs, read from the cache when there;
+    `precision` (the run's mixed-precision settings) is part of the cache key."""
     examples = dataset.examples
     cache_file, values = None, None
     if cache_dir is not None:
-        key = hashlib.sha256((model_fingerprint(model) + examples_fingerprint(examples)).encode()).hexdigest()
+        key = hashlib.sha256((model_fingerprint(model) + examples_fingerprint(examples) + precision).encode()).hexdigest()
         cache_file = Path(cache_dir) / f"reference-logps-{key[:20]}.json"
         if cache_file.exists():
             values = json.loads(cache_file.read_text())
@@ -82,7 +84,7 @@ def with_reference_logps(dataset: QuadrupleDataset, model, collator: QuadrupleCo
         values = compute_reference_logps(model, examples, collator, batch_size, device, chunk_size, autocast)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(".json.tmp")
+            partial = cache_file.with_suffix(f".{os.getpid()}.tmp")  # processes may write the same entry
             partial.write_text(json.dumps(values))
             partial.replace(cache_file)
     return QuadrupleDataset([replace(e, reference_logps=tuple(v)) for e, v in zip(examples, values)])

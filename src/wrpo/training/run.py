@@ -7,17 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from transformers.trainer_utils import get_last_checkpoint
 
 from wrpo.data.dataset import load_quadruple_dataset
 from wrpo.data.tokenize import QuadrupleEncoder
 from wrpo.losses import REFERENCE_FREE
 from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.progress import console
 from wrpo.training.config import WRPOConfig
 from wrpo.training.trainer import WRPOTrainer
-
-console = Console(stderr=True)
 
 
 def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfig, *,
@@ -41,6 +39,11 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
     trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
                           ref_model=load_causal_lm(ref_model, dtype=torch.float32) if needs_reference else None,
                           callbacks=list(callbacks))
+    return fit_and_save(trainer, output_dir, resume)
+
+
+def fit_and_save(trainer, output_dir: Path, resume: bool) -> Path:
+    """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer."""
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if checkpoint:
         console.print(f"resuming from {checkpoint}")

@@ -1,6 +1,8 @@
-"""Settings of `wrpo train` from three layers: WRPOConfig defaults < --config YAML < command-line flags.
+"""Settings of `wrpo train` and `wrpo sft` from three layers: the config class's defaults <
+--config YAML < command-line flags.
 
-YAML keys are the flag names (with - or _) or any WRPOConfig / TrainingArguments field.
+YAML keys are the flag names (with - or _) or any field of the config class (WRPOConfig, or
+WRPOSFTConfig: both are TrainingArguments, so warmup_steps, report_to, deepspeed... work too).
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from typing import Any
 import yaml
 
 from wrpo.errors import InputError
-from wrpo.training.config import WRPOConfig
 
-# Flag name -> WRPOConfig field, where they differ.
+# Flag name -> config field, where they differ.
 FLAG_FIELDS = {
     "lr": "learning_rate",
     "batch_size": "per_device_train_batch_size",
@@ -23,17 +24,15 @@ FLAG_FIELDS = {
     "epochs": "num_train_epochs",
     "output": "output_dir",
 }
-RUN_KEYS = ("model", "data", "ref_model", "resume")
-CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(WRPOConfig) if f.init}
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class RunSettings:
     model: str
     data: str
     ref_model: str | None
     resume: bool
-    config: WRPOConfig
+    config: Any  # an instance of the config class
 
 
 def read_yaml_settings(path: str | Path) -> dict[str, tuple[Any, int]]:
@@ -57,37 +56,39 @@ def read_yaml_settings(path: str | Path) -> dict[str, tuple[Any, int]]:
             for key_node, _ in node.value}
 
 
-def resolve_train_settings(flags: dict[str, Any], config_path: str | Path | None = None) -> TrainSettings:
+def resolve_settings(config_class, flags: dict[str, Any], config_path: str | Path | None = None,
+                     run_keys: tuple[str, ...] = ("model", "data", "ref_model", "resume")) -> RunSettings:
     """Merges the layers; `flags` holds the command-line values, None where a flag was not given."""
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
+
+    def field_name(key: str, path=None, line=None) -> str:
+        name = FLAG_FIELDS.get(key, key)
+        if name not in fields and name not in run_keys:
+            raise InputError(f"unknown setting '{key}'", path, line)
+        return name
+
     merged: dict[str, Any] = {}
     if config_path is not None:
         for key, (value, line) in read_yaml_settings(config_path).items():
-            merged[_field_name(key, config_path, line)] = _coerce(key, value, config_path, line)
-    merged.update({_field_name(key): value for key, value in flags.items() if value is not None})
+            name = field_name(key, config_path, line)
+            merged[name] = _coerce(key, value, fields.get(name), config_path, line)
+    merged.update({field_name(key): value for key, value in flags.items() if value is not None})
 
-    run = {key: merged.pop(key, None) for key in RUN_KEYS}
-    for required, flag in (("model", "--model"), ("data", "--data"), ("output_dir", "--output")):
-        if not (merged.get(required) if required == "output_dir" else run[required]):
+    run = {key: merged.pop(key, None) for key in ("model", "data", "ref_model", "resume")}
+    for value, flag in ((run["model"], "--model"), (run["data"], "--data"), (merged.get("output_dir"), "--output")):
+        if not value:
             raise InputError(f"{flag} is required (on the command line or in --config)")
     try:
-        config = WRPOConfig(**merged)
+        config = config_class(**merged)
     except (ValueError, TypeError) as error:
         raise InputError(str(error).splitlines()[0]) from None
-    return TrainSettings(model=str(run["model"]), data=str(run["data"]),
-                         ref_model=None if run["ref_model"] is None else str(run["ref_model"]),
-                         resume=True if run["resume"] is None else bool(run["resume"]), config=config)
+    return RunSettings(model=str(run["model"]), data=str(run["data"]),
+                       ref_model=None if run["ref_model"] is None else str(run["ref_model"]),
+                       resume=True if run["resume"] is None else bool(run["resume"]), config=config)
 
 
-def _field_name(key: str, path=None, line=None) -> str:
-    name = FLAG_FIELDS.get(key, key)
-    if name not in CONFIG_FIELDS and name not in RUN_KEYS:
-        raise InputError(f"unknown setting '{key}'", path, line)
-    return name
-
-
-def _coerce(key: str, value: Any, path, line) -> Any:
+def _coerce(key: str, value: Any, field, path, line) -> Any:
     """YAML 1.1 reads 3e-7 as a string: a string given for a numeric field is read as a number."""
-    field = CONFIG_FIELDS.get(FLAG_FIELDS.get(key, key))
     default = None if field is None else field.default
     if not isinstance(value, str) or not isinstance(default, (int, float)) or isinstance(default, bool):
         return value

@@ -14,15 +14,18 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.utils import logging
+from trl.trainer.utils import disable_dropout_in_model
 
 from wrpo.data.dataset import QuadrupleCollator
 from wrpo.losses import LOSSES, REFERENCE_FREE, LossOutput, LossSettings, PreferenceLogps, ResponseLogps
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import WRPOConfig
-from wrpo.training.logps import batch_logps, split_responses
+from wrpo.training.logps import batch_logps, head_reproduces_logits, split_responses
 from wrpo.training.reference import with_reference_logps
 from wrpo.training.schedules import alpha_at
 
+logger = logging.get_logger(__name__)
 
 class WRPOTrainer(Trainer):
     def __init__(self, model, args: WRPOConfig, train_dataset, processing_class, ref_model=None,
@@ -42,6 +45,14 @@ class WRPOTrainer(Trainer):
         )
         # compute_loss returns a per-batch mean; Trainer divides it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
+        if args.disable_dropout:
+            # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
+            disable_dropout_in_model(self.model)
+        if args.logps_chunk_size > 0 and len(train_dataset) and not head_reproduces_logits(
+                self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
+                                         device=self.args.device)):
+            logger.warning("the chunked output head does not reproduce this model's logits: logps_chunk_size set to 0")
+            self.args.logps_chunk_size = 0
         self.ref_model = None
         if needs_reference and args.precompute_ref_logps:
             # Before any checkpoint is loaded, the policy is the starting model: it serves as the
@@ -56,15 +67,17 @@ class WRPOTrainer(Trainer):
         def attach(dataset):
             return with_reference_logps(dataset, reference, self.data_collator, self.args.per_device_eval_batch_size,
                                         self.args.device, self.args.logps_chunk_size,
-                                        self.args.reference_cache_dir, autocast=self.accelerator.autocast)
+                                        self.args.reference_cache_dir, autocast=self.accelerator.autocast,
+                                        precision=f"bf16={self.args.bf16} fp16={self.args.fp16}")
 
         self.train_dataset = attach(self.train_dataset)
         if self.eval_dataset is not None:
             self.eval_dataset = attach(self.eval_dataset)
 
-    def _length_grouped_sampler(self, dataset, batch_size: int):
+    def _length_grouped_sampler(self, dataset, batch_size: int, generator=None):
         # Trainer can only read lengths from a `datasets` column; ours are prompt + longest response.
-        return LengthGroupedSampler(batch_size, lengths=[example.length for example in dataset.examples])
+        return LengthGroupedSampler(batch_size, lengths=[example.length for example in dataset.examples],
+                                    generator=generator)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -75,7 +88,10 @@ class WRPOTrainer(Trainer):
 
     def _get_eval_sampler(self, eval_dataset):
         if self.args.train_sampling_strategy == "group_by_length":
-            return self._length_grouped_sampler(eval_dataset, self.args.eval_batch_size)
+            # Its own generator: evaluating must not move the training run's random state.
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return self._length_grouped_sampler(eval_dataset, self.args.eval_batch_size,
+                                                torch.Generator().manual_seed(seed))
         return super()._get_eval_sampler(eval_dataset)
 
     def current_alpha(self) -> float:

@@ -1,0 +1,168 @@
+"""The paper's data construction: pick the best source response per prompt, split prompts between
+SFT and preference learning, and join the target's own samples into quadruples.
+
+    build_sft:   y_ws = best-scored response over every source; a stable, seeded split by prompt id
+                 (default 1/3 SFT); writes the SFT set and the preference prompts (with every source
+                 response, best first, for --top-k-sources later).
+    build_pairs: for each preference prompt, y_wt = the target's best sample and y_l its worst;
+                 prompts whose samples all score the same carry no preference and are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from wrpo.data.records import field_of, read_rows, row_failer
+from wrpo.data.resumable import write_jsonl_atomically
+from wrpo.errors import InputError
+from wrpo.progress import console
+from wrpo.reward.score import read_sample_rows
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    text: str
+    score: float
+
+
+def read_scored(paths: Sequence[str | Path]) -> dict[str, tuple[dict, list[Candidate]]]:
+    """prompt_id -> (its first row, its non-empty responses with scores) over `wrpo score` outputs;
+    a model scored twice for one prompt is an error naming the second row."""
+    by_prompt: dict[str, tuple[dict, list[Candidate]]] = {}
+    for path in paths:
+        for line, row in read_sample_rows(path):
+            fail = row_failer(path, line)
+            scores = field_of(row, "scores", fail)
+            if not isinstance(scores, list) or len(scores) != len(row["responses"]):
+                fail("'scores' must hold one number per response")
+            key = str(row["prompt_id"])
+            first_row, candidates = by_prompt.get(key, (row, []))
+            if any(c.model == row["model"] for c in candidates):
+                fail(f"model {row['model']!r} is scored twice for prompt {key!r}")
+            candidates = candidates + [Candidate(row["model"], text, float(score))
+                                       for text, score in zip(row["responses"], scores) if text.strip()]
+            by_prompt[key] = (first_row, candidates)
+    return by_prompt
+
+
+def in_sft_split(prompt_id: str, fraction: float, seed: int) -> bool:
+    """Stable: the same id, fraction and seed always land on the same side."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass
+class BuildSummary:
+    rows_written: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    wins: Counter = field(default_factory=Counter)
+    scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    lengths: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def record(self, candidates: list[Candidate]) -> None:
+        for candidate in candidates:
+            self.scores[candidate.model].append(candidate.score)
+            self.lengths[candidate.model].append(len(candidate.text))
+
+    def show(self, title: str) -> None:
+        table = Table(title=title)
+        for column in ("model", "wins", "score p10 / p50 / p90", "length p50 (chars)"):
+            table.add_column(column)
+        for model in sorted(self.scores):
+            table.add_row(model, str(self.wins[model]), " / ".join(f"{q:.3g}" for q in _deciles(self.scores[model])),
+                          f"{statistics.median(self.lengths[model]):.0f}")
+        console.print(table)
+        console.print(", ".join(f"{name}: {count}" for name, count in {**self.rows_written, **self.dropped}.items()))
+
+    def as_dict(self) -> dict:
+        return {"rows_written": self.rows_written, "dropped": self.dropped, "wins": dict(self.wins)}
+
+
+def _deciles(values: list[float]) -> list[float]:
+    if len(values) < 2:
+        return values * 3
+    cuts = statistics.quantiles(values, n=10)
+    return [cuts[0], statistics.median(values), cuts[-1]]
+
+
+def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_output: str | Path, *,
+              sft_fraction: float = 1 / 3, seed: int = 42) -> BuildSummary:
+    if not 0 <= sft_fraction <= 1:
+        raise InputError(f"sft_fraction must lie in [0, 1], got {sft_fraction}")
+    summary = BuildSummary()
+    dropped = Counter()
+    sft_rows, preference_rows = [], []
+    for prompt_id, (row, candidates) in read_scored(scored).items():
+        summary.record(candidates)
+        if not candidates:
+            dropped["prompts without a non-empty source response"] += 1
+            continue
+        ranked = sorted(candidates, key=lambda c: -c.score)  # stable: ties keep file order
+        best = ranked[0]
+        summary.wins[best.model] += 1
+        if in_sft_split(prompt_id, sft_fraction, seed):
+            sft_rows.append({"prompt_id": prompt_id, "prompt": row["prompt"], "response": best.text,
+                             "meta": {"source_model": best.model, "score": best.score}})
+        else:
+            preference_rows.append({"prompt_id": prompt_id, "prompt": row["prompt"],
+                                    "source_responses": [vars(c) for c in ranked]})
+    write_jsonl_atomically(sft_output, sft_rows)
+    write_jsonl_atomically(preference_output, preference_rows)
+    summary.rows_written = {"SFT rows": len(sft_rows), "preference prompts": len(preference_rows)}
+    summary.dropped = dict(dropped)
+    summary.show("best source response per prompt (y_ws)")
+    return summary
+
+
+def read_preference_prompts(path: str | Path) -> list[tuple[int, dict]]:
+    rows = []
+    for line, row in read_rows(path):
+        fail = row_failer(path, line)
+        for name in ("prompt_id", "prompt", "source_responses"):
+            field_of(row, name, fail)
+        if not row["source_responses"]:
+            fail("'source_responses' is empty")
+        rows.append((line, row))
+    return rows
+
+
+def build_pairs(preference_prompts: str | Path, target_scored: Sequence[str | Path], output: str | Path, *,
+                top_k_sources: int = 1) -> BuildSummary:
+    if top_k_sources < 1:
+        raise InputError(f"top_k_sources must be at least 1, got {top_k_sources}")
+    target = read_scored(target_scored)
+    summary = BuildSummary()
+    dropped = Counter()
+    quadruples = []
+    for _, row in read_preference_prompts(preference_prompts):
+        sources = row["source_responses"][:top_k_sources]
+        _, samples = target.get(str(row["prompt_id"]), (None, []))
+        summary.record(samples)
+        if len(samples) < 2:
+            dropped["prompts with fewer than 2 target samples"] += 1
+            continue
+        best = max(samples, key=lambda c: c.score)
+        worst = min(samples, key=lambda c: c.score)
+        if best.score == worst.score:
+            dropped["prompts whose target samples all score the same"] += 1
+            continue
+        summary.wins[sources[0]["model"]] += 1
+        quadruples.append({
+            "prompt_id": row["prompt_id"], "prompt": row["prompt"],
+            "chosen_source": [s["text"] for s in sources], "chosen_target": best.text, "rejected": worst.text,
+            "meta": {"source_models": [s["model"] for s in sources], "source_scores": [s["score"] for s in sources],
+                     "target_model": best.model, "chosen_target_score": best.score, "rejected_score": worst.score},
+        })
+    write_jsonl_atomically(output, quadruples)
+    summary.rows_written = {"quadruples": len(quadruples)}
+    summary.dropped = dict(dropped)
+    summary.show("target samples (y_wt best, y_l worst); wins = source of y_ws")
+    return summary

@@ -1,0 +1,38 @@
+"""Prompt files: the input of sampling. One row per prompt with "prompt" (text, a message or a list
+of messages) and optionally "prompt_id"; rows without an id get a stable one from their prompt.
+Any other fields (a category, say) are kept in "meta"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wrpo.data.records import Prompt, field_of, parse_prompt, read_rows, row_failer, stable_prompt_id
+from wrpo.errors import InputError
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt_id: str
+    prompt: Prompt
+    line: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def read_prompts(path: str | Path) -> list[PromptRow]:
+    """Every prompt of `path`, validated; an empty prompt or a repeated id names its line."""
+    rows: list[PromptRow] = []
+    first_line: dict[str, int] = {}
+    for line, row in read_rows(path):
+        fail = row_failer(path, line)
+        prompt = parse_prompt(field_of(row, "prompt", fail), fail)
+        prompt_id = str(row["prompt_id"]) if row.get("prompt_id") is not None else stable_prompt_id(prompt)
+        if prompt_id in first_line:
+            fail(f"prompt_id {prompt_id!r} repeats the one on line {first_line[prompt_id]}")
+        first_line[prompt_id] = line
+        meta = {key: value for key, value in row.items() if key not in ("prompt", "prompt_id")}
+        rows.append(PromptRow(prompt_id=prompt_id, prompt=prompt, line=line, meta=meta))
+    if not rows:
+        raise InputError("no prompts", path)
+    return rows

@@ -1,0 +1,97 @@
+"""Generation backends: each turns a batch of prompts into n sampled responses per prompt.
+
+hf:   transformers `generate` with a KV cache, prompts left-padded in batches of similar length.
+vllm: vLLM offline inference (optional extra, imported only when chosen), tensor/data parallel.
+Both feed the model the token ids of `encode_prompt`, the same ones training uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from wrpo.data.records import Prompt
+from wrpo.data.tokenize import encode_prompt
+from wrpo.modeling import load_causal_lm, load_tokenizer
+
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    n: int = 5
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    seed: int = 0
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """A per-prompt seed, so a prompt's samples do not depend on which others share its batch."""
+    return int(hashlib.sha1(f"{seed}:{prompt_id}".encode()).hexdigest()[:8], 16)
+
+
+class HFGenerator:
+    def __init__(self, model_dir: str, device: str | None = None):
+        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer.padding_side = "left"
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.model = load_causal_lm(model_dir, dtype=dtype).to(self.device).eval()
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt)[0]
+
+    def generate(self, prompt_ids: list[list[int]], prompt_keys: list[str], settings: SamplingSettings) -> list[list[str]]:
+        width = max(len(ids) for ids in prompt_ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids],
+                                      device=self.device)
+        # transformers draws from one generator per call: seed it from the batch's prompts, so a
+        # resumed run regenerates a batch exactly.
+        torch.manual_seed(prompt_seed(settings.seed, "|".join(prompt_keys)))
+        sampling = settings.temperature > 0
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
+                do_sample=sampling, temperature=settings.temperature if sampling else None,
+                top_p=settings.top_p if sampling else None, top_k=0 if sampling else None,
+                num_return_sequences=settings.n, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        return [texts[i * settings.n:(i + 1) * settings.n] for i in range(len(prompt_ids))]
+
+
+class VLLMGenerator:
+    def __init__(self, model_dir: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1, **engine_kwargs):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ImportError("the vllm backend needs vLLM: pip install 'wrpo[vllm]'") from None
+        self.tokenizer = load_tokenizer(model_dir)
+        if data_parallel_size > 1:
+            engine_kwargs["data_parallel_size"] = data_parallel_size
+        self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel_size, **engine_kwargs)
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt)[0]
+
+    def generate(self, prompt_ids: list[list[int]], prompt_keys: list[str], settings: SamplingSettings) -> list[list[str]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                 max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key))
+                  for key in prompt_keys]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        return [[completion.text for completion in output.outputs] for output in outputs]
+
+
+def make_generator(backend: str, model_dir: str, **options):
+    if backend == "hf":
+        return HFGenerator(model_dir, device=options.get("device"))
+    if backend == "vllm":
+        return VLLMGenerator(model_dir, **{k: v for k, v in options.items() if k != "device"})
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

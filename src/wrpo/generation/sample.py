@@ -1,0 +1,68 @@
+"""`wrpo sample`: n responses per prompt from one model, resumable without losing or doubling rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from wrpo.data.prompts import read_prompts
+from wrpo.data.resumable import ResumableJsonl
+from wrpo.errors import InputError
+from wrpo.generation.backends import SamplingSettings, make_generator
+from wrpo.progress import console, stage_progress
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: I must lie in 0..N-1")
+    return index, count
+
+
+def sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings = SamplingSettings(), *,
+           backend: str = "hf", shard: tuple[int, int] = (0, 1), batch_size: int = 16, name: str | None = None,
+           **backend_options) -> Path:
+    """Writes one row per prompt: prompt_id, prompt, model, responses, generation settings.
+
+    Prompts are generated longest first in batches of similar length; rows are flushed per batch,
+    and a rerun after a crash continues where the last complete row left off."""
+    writer = ResumableJsonl(output, key=lambda row: row["prompt_id"])
+    if writer.complete:
+        console.print(f"{output} is complete: nothing to sample")
+        return writer.output
+    rows = read_prompts(prompts)
+    index, count = shard
+    rows = [row for position, row in enumerate(rows) if position % count == index]
+    done = writer.done()
+    todo = [row for row in rows if row.prompt_id not in done]
+    model_name = name or Path(model).name
+    generation = {**dataclasses.asdict(settings), "backend": backend, "batch_size": batch_size}
+    if todo:
+        generator = make_generator(backend, model, **backend_options)
+        ids = {}
+        for row in rows:
+            try:
+                ids[row.prompt_id] = generator.prompt_ids(row.prompt)
+            except InputError as error:
+                raise InputError(error.message, prompts, row.line) from None
+        # Batches are fixed by the whole shard (not by what is left), so a resumed run rebuilds the
+        # same batches and, seeded by their prompts, the same samples.
+        ordered = sorted(rows, key=lambda row: (-len(ids[row.prompt_id]), row.prompt_id))
+        batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+        with stage_progress(f"sampling {model_name}") as progress:
+            task = progress.add_task("", total=len(rows), completed=len(rows) - len(todo))
+            for batch in batches:
+                missing = [row for row in batch if row.prompt_id not in done]
+                if not missing:
+                    continue
+                responses = generator.generate([ids[row.prompt_id] for row in batch],
+                                               [row.prompt_id for row in batch], settings)
+                writer.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "model": model_name,
+                               "responses": texts, "generation": generation, **({"meta": row.meta} if row.meta else {})}
+                              for row, texts in zip(batch, responses) if row.prompt_id not in done)
+                progress.advance(task, len(missing))
+    return writer.finish()

@@ -1,0 +1,119 @@
+"""Recipe files: one YAML naming the models, backends and settings of every stage of `wrpo run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wrpo.errors import InputError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    name: str = Field(description="Label used in file names and reports.")
+    model: str = Field(description="A model folder or Hub id.")
+    backend: Literal["hf", "vllm"] = "hf"
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to vllm.LLM as is.")
+
+    @field_validator("name")
+    @classmethod
+    def usable_in_file_names(cls, name: str) -> str:
+        if not name or any(c in name for c in "/\\:") or name.startswith("."):
+            raise ValueError(f"name {name!r} must be usable as a file name")
+        return name
+
+
+class RewardSpec(Strict):
+    model: str | None = Field(default=None, description="A reward model folder or Hub id.")
+    function: str | None = Field(default=None, description="A Python scorer, pkg.module:function.")
+    trust_remote_code: bool = False
+    batch_size: int = 16
+
+    @property
+    def scorer(self) -> str:
+        return self.model or self.function
+
+    @model_validator(mode="after")
+    def one_scorer(self) -> "RewardSpec":
+        if (self.model is None) == (self.function is None):
+            raise ValueError("reward needs exactly one of 'model' and 'function'")
+        return self
+
+
+class SamplingSpec(Strict):
+    n: int = 5
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 16
+    seed: int = 0
+
+
+class SplitSpec(Strict):
+    sft_fraction: float = Field(default=1 / 3, ge=0, le=1)
+    seed: int = 42
+
+
+class PairsSpec(Strict):
+    top_k_sources: int = Field(default=1, ge=1)
+
+
+class Recipe(Strict):
+    workdir: Path = Field(description="Every stage writes below here; relative to the recipe file.")
+    prompts: Path = Field(description="Prompt file (JSONL, Parquet or datasets folder); relative to the recipe.")
+    sources: list[ModelSpec] = Field(min_length=1)
+    target: ModelSpec
+    reward: RewardSpec
+    sampling: SamplingSpec = SamplingSpec()
+    target_sampling: SamplingSpec | None = Field(default=None, description="Sampling of target-sft; default: sampling.")
+    split: SplitSpec = SplitSpec()
+    pairs: PairsSpec = PairsSpec()
+    sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields.")
+    wrpo: dict[str, Any] = Field(default_factory=dict, description="WRPOConfig fields.")
+
+    @field_validator("sources")
+    @classmethod
+    def distinct_names(cls, sources: list[ModelSpec]) -> list[ModelSpec]:
+        names = [source.name for source in sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be distinct, got {names}")
+        return sources
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """The recipe at `path`, its relative paths resolved against the recipe's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError(f"cannot read recipe ({error.strerror})", path) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise InputError(f"not valid YAML ({getattr(error, 'problem', error)})", path,
+                         mark.line + 1 if mark else None) from None
+    try:
+        recipe = Recipe.model_validate(data or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "recipe"
+        raise InputError(f"{where}: {first['msg']}", path) from None
+    base = path.parent
+
+    def local(model: str | None) -> str | None:
+        """A model named relative to the recipe, when that folder exists; else as written (a Hub id)."""
+        return str(base / model) if model is not None and (base / model).exists() else model
+
+    return recipe.model_copy(update={
+        "workdir": base / recipe.workdir, "prompts": base / recipe.prompts,
+        "sources": [s.model_copy(update={"model": local(s.model)}) for s in recipe.sources],
+        "target": recipe.target.model_copy(update={"model": local(recipe.target.model)}),
+        "reward": recipe.reward.model_copy(update={"model": local(recipe.reward.model)}),
+    })

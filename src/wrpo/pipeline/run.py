@@ -1,0 +1,176 @@
+"""`wrpo run RECIPE`: every stage of the paper's pipeline, in order, each skipped when its outputs
+are complete and its inputs and settings unchanged.
+
+    sample/<source>  score/<source>    for every source model
+    build-sft        y_ws per prompt; SFT set and preference prompts
+    sft              target -> target-sft
+    sample/target-sft, score/target-sft
+    build-pairs      quadruples (y_ws, y_wt, y_l)
+    wrpo             target-sft -> target-sft-wrpo
+
+A stage's fingerprint hashes its settings and the content of its inputs (files by content, model
+folders by file names, sizes and times). workdir/.wrpo/stages/NAME.json records the fingerprint a
+stage started and finished with: a finished stage with the same fingerprint is skipped; an
+unfinished one resumes (its own outputs are resumable); one whose fingerprint changed is redone
+from scratch, its stale outputs removed first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wrpo.data.construct import build_pairs, build_sft
+from wrpo.errors import InputError
+from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.sample import sample
+from wrpo.pipeline.recipe import ModelSpec, Recipe, SamplingSpec, load_recipe
+from wrpo.progress import console
+from wrpo.reward.score import score
+from wrpo.training.config import WRPOConfig
+from wrpo.training.run import train
+from wrpo.training.sft import WRPOSFTConfig, sft
+
+
+@dataclass
+class Stage:
+    name: str
+    inputs: list[str]        # files, folders or Hub ids whose content decides the result
+    settings: dict           # JSON-able
+    outputs: list[Path]
+    run: Callable[[], object]
+
+
+def path_fingerprint(location: str) -> str:
+    path = Path(location)
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].startswith("checkpoint-")):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(location.encode())  # a Hub id
+    return digest.hexdigest()
+
+
+def stage_fingerprint(stage: Stage) -> str:
+    parts = [json.dumps(stage.settings, sort_keys=True, default=str)] + [path_fingerprint(i) for i in stage.inputs]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _config(config_class, output_dir: Path, settings: dict, section: str, recipe_path: Path):
+    try:
+        return config_class(output_dir=str(output_dir), **settings)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{section}: {str(error).splitlines()[0]}", recipe_path) from None
+
+
+def plan(recipe: Recipe, recipe_path: Path) -> list[Stage]:
+    work = recipe.workdir
+    reward = recipe.reward
+
+    def sampling_stage(spec: ModelSpec, model: str, prompts: Path, output: Path, settings: SamplingSpec) -> Stage:
+        sampling = SamplingSettings(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                    max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+        options = dict(tensor_parallel_size=spec.tensor_parallel_size, data_parallel_size=spec.data_parallel_size,
+                       **spec.engine_kwargs) if spec.backend == "vllm" else {}
+        return Stage(f"sample/{output.stem}", [model, str(prompts)],
+                     {"sampling": settings.model_dump(), "backend": spec.backend, "name": output.stem},
+                     [output], lambda: sample(model, prompts, output, sampling, backend=spec.backend,
+                                              batch_size=settings.batch_size, name=output.stem, **options))
+
+    def scoring_stage(samples: Path, output: Path) -> Stage:
+        return Stage(f"score/{output.stem}", [str(samples), reward.scorer], reward.model_dump(), [output],
+                     lambda: score([samples], reward.scorer, output, batch_size=reward.batch_size,
+                                   trust_remote_code=reward.trust_remote_code))
+
+    stages: list[Stage] = []
+    source_scores = []
+    for source in recipe.sources:
+        samples = work / "samples" / "sources" / f"{source.name}.jsonl"
+        scores = work / "scores" / "sources" / f"{source.name}.jsonl"
+        stages += [sampling_stage(source, source.model, recipe.prompts, samples, recipe.sampling),
+                   scoring_stage(samples, scores)]
+        source_scores.append(scores)
+
+    sft_data, preference_prompts = work / "data" / "sft.jsonl", work / "data" / "preference_prompts.jsonl"
+    stages.append(Stage("build-sft", [str(p) for p in source_scores], recipe.split.model_dump(),
+                        [sft_data, preference_prompts],
+                        lambda: build_sft(source_scores, sft_data, preference_prompts,
+                                          sft_fraction=recipe.split.sft_fraction, seed=recipe.split.seed)))
+
+    target_sft = work / "models" / "target-sft"
+    sft_config = _config(WRPOSFTConfig, target_sft, recipe.sft, "sft", recipe_path)
+    stages.append(Stage("sft", [recipe.target.model, str(sft_data)], recipe.sft, [target_sft],
+                        lambda: sft(recipe.target.model, sft_data, sft_config)))
+
+    target_samples = work / "samples" / "target-sft.jsonl"
+    target_scores = work / "scores" / "target-sft.jsonl"
+    stages += [sampling_stage(recipe.target, str(target_sft), preference_prompts, target_samples,
+                              recipe.target_sampling or recipe.sampling),
+               scoring_stage(target_samples, target_scores)]
+
+    quadruples = work / "data" / "quadruples.jsonl"
+    stages.append(Stage("build-pairs", [str(preference_prompts), str(target_scores)], recipe.pairs.model_dump(),
+                        [quadruples], lambda: build_pairs(preference_prompts, [target_scores], quadruples,
+                                                          top_k_sources=recipe.pairs.top_k_sources)))
+
+    target_wrpo = work / "models" / "target-sft-wrpo"
+    wrpo_config = _config(WRPOConfig, target_wrpo, recipe.wrpo, "wrpo", recipe_path)
+    stages.append(Stage("wrpo", [str(target_sft), str(quadruples)], recipe.wrpo, [target_wrpo],
+                        lambda: train(str(target_sft), quadruples, wrpo_config)))
+    return stages
+
+
+def _remove(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + ".partial")):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+
+
+def run_recipe(recipe_path: str | Path) -> dict[str, str]:
+    """Runs the stages that are not done; returns each stage's status: ran, resumed, redone or skipped."""
+    recipe_path = Path(recipe_path)
+    recipe = load_recipe(recipe_path)
+    stages = plan(recipe, recipe_path)
+    manifests = recipe.workdir / ".wrpo" / "stages"
+    statuses = {}
+    for number, stage in enumerate(stages, start=1):
+        manifest_path = manifests / f"{stage.name.replace('/', '--')}.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+        fingerprint = stage_fingerprint(stage)
+        header = f"[{number}/{len(stages)}] {stage.name}"
+        if manifest and manifest["fingerprint"] == fingerprint and manifest["complete"] \
+                and all(output.exists() for output in stage.outputs):
+            console.print(f"{header}: up to date, skipped")
+            statuses[stage.name] = "skipped"
+            continue
+        if manifest and manifest["fingerprint"] != fingerprint:
+            status = "redone"
+            for output in stage.outputs:
+                _remove(output)
+        else:
+            status = "resumed" if manifest else "ran"
+        console.print(f"[bold]{header}[/]: {status.replace('ran', 'running')}")
+        _write_manifest(manifest_path, fingerprint, complete=False)
+        stage.run()
+        _write_manifest(manifest_path, fingerprint, complete=True)
+        statuses[stage.name] = status
+    return statuses
+
+
+def _write_manifest(path: Path, fingerprint: str, complete: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"fingerprint": fingerprint, "complete": complete}) + "\n")
+    temporary.replace(path)

@@ -1,0 +1,20 @@
+"""One progress bar for every long stage: done/total, rows per second and time left."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} rows/s" if task.speed else "- rows/s")
+
+
+def stage_progress(description: str) -> Progress:
+    # Off where stderr is no terminal (CI logs, pipes): a live bar there only leaves blank lines.
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=not console.is_terminal)

@@ -1,0 +1,103 @@
+"""`wrpo score`: a reward for every sampled response, resumable, failing loudly on a bad score."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+
+from wrpo.data.records import field_of, parse_prompt, read_rows, row_failer
+from wrpo.data.resumable import ResumableJsonl
+from wrpo.errors import InputError
+from wrpo.progress import console, stage_progress
+from wrpo.reward.scorers import load_scorer
+
+
+def read_sample_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(line, row) of a `wrpo sample` output, validated."""
+    rows = []
+    for line, row in read_rows(path):
+        fail = row_failer(path, line)
+        parse_prompt(field_of(row, "prompt", fail), fail)
+        for name in ("prompt_id", "model"):
+            field_of(row, name, fail)
+        responses = field_of(row, "responses", fail)
+        if not isinstance(responses, list) or not responses or not all(isinstance(r, str) for r in responses):
+            fail("'responses' must be a non-empty list of texts")
+        rows.append((line, row))
+    return rows
+
+
+def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, batch_size: int = 16,
+          trust_remote_code: bool = False, device: str | None = None) -> Path:
+    """Writes each input row with "scores" (one per response) to `output`. A scorer that raises or
+    returns a non-finite number stops the run with an error naming the row; every row scored before
+    it is kept, and a rerun continues from there."""
+    writer = ResumableJsonl(output, key=lambda row: f"{row['model']}\t{row['prompt_id']}")
+    if writer.complete:
+        console.print(f"{output} is complete: nothing to score")
+        return writer.output
+    done = writer.done()
+    todo = [(path, line, row) for path in responses for line, row in read_sample_rows(path)
+            if writer.key(row) not in done]
+    if todo:
+        score_rows = load_scorer(scorer, trust_remote_code=trust_remote_code, device=device)
+        with stage_progress(f"scoring with {score_rows.name}") as progress:
+            task = progress.add_task("", total=len(todo))
+
+            def flush(batch: list[tuple[Path, int, dict]]) -> None:
+                scored = _score_batch(batch, score_rows)
+                if scored is None:  # one row at a time, so every row before a bad one is kept
+                    for path, line, row in batch:
+                        writer.append([_score_row(path, line, row, score_rows)])
+                else:
+                    writer.append(scored)
+                progress.advance(task, len(batch))
+
+            batch: list[tuple[Path, int, dict]] = []
+            for item in todo:
+                batch.append(item)
+                if sum(len(row["responses"]) for _, _, row in batch) >= batch_size:
+                    flush(batch)
+                    batch = []
+            if batch:
+                flush(batch)
+    return writer.finish()
+
+
+def _score_batch(batch: list[tuple[Path, int, dict]], score_rows) -> list[dict] | None:
+    """The batch's rows with scores, or None when the scorer failed somewhere in it."""
+    prompts = [row["prompt"] for _, _, row in batch for _ in row["responses"]]
+    texts = [text for _, _, row in batch for text in row["responses"]]
+    try:
+        scores = score_rows(prompts, texts)
+    except Exception:  # noqa: BLE001 -- the caller retries row by row to name the failing row
+        return None
+    if len(scores) != len(texts) or not all(_finite(s) for s in scores):
+        return None
+    rows, start = [], 0
+    for _, _, row in batch:
+        rows.append({**row, "scores": [float(s) for s in scores[start:start + len(row["responses"])]]})
+        start += len(row["responses"])
+    return rows
+
+
+def _score_row(path, line: int, row: dict, score_rows) -> dict:
+    try:
+        scores = score_rows([row["prompt"]] * len(row["responses"]), row["responses"])
+    except Exception as error:  # noqa: BLE001 -- a user's scorer may raise anything; name the row
+        raise InputError(f"scorer {score_rows.name} failed on prompt {row['prompt_id']!r} "
+                         f"({type(error).__name__}: {error})", path, line) from None
+    if len(scores) != len(row["responses"]):
+        raise InputError(f"scorer {score_rows.name} returned {len(scores)} scores for {len(row['responses'])} "
+                         f"responses of prompt {row['prompt_id']!r}", path, line)
+    for index, value in enumerate(scores):
+        if not _finite(value):
+            raise InputError(f"scorer {score_rows.name} returned {value!r} for response {index} of prompt "
+                             f"{row['prompt_id']!r}", path, line)
+    return {**row, "scores": [float(s) for s in scores]}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,83 @@
+"""Reward scorers: a Hugging Face reward model, or a Python function for verifiable tasks.
+
+A scorer maps a batch of (prompt, response) pairs to one float each.
+- "pkg.module:function": function(prompt, response) -> float, imported as is.
+- a model folder (or Hub id): AutoModelForSequenceClassification, its own tokenizer and chat template;
+  the reward is the output's `.score` where the model returns one (ArmoRM) and logit 0 otherwise.
+  Custom model code runs only with trust_remote_code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from wrpo.data.records import Prompt
+from wrpo.data.tokenize import as_messages, render_chat
+from wrpo.errors import InputError
+from wrpo.modeling import check_model_location
+
+
+class FunctionScorer:
+    def __init__(self, spec: str):
+        module_name, _, attribute = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise InputError(f"cannot import scorer module ({error})", spec) from None
+        function = getattr(module, attribute, None)
+        if not callable(function):
+            raise InputError(f"module {module_name} has no function {attribute!r}", spec)
+        self.function: Callable[[Prompt, str], float] = function
+        self.name = spec
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
+        return [self.function(prompt, response) for prompt, response in zip(prompts, responses)]
+
+
+class RewardModelScorer:
+    def __init__(self, model_dir: str, trust_remote_code: bool = False, device: str | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        check_model_location(model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
+        except (OSError, ValueError) as error:
+            raise InputError(f"no reward model could be loaded ({str(error).strip().splitlines()[0]})",
+                             model_dir) from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Sequence classifiers read their score at the last non-pad token, found through this id.
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "right"
+        self.name = Path(model_dir).name
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
+        texts = [self._render(prompt, response) for prompt, response in zip(prompts, responses)]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        with torch.no_grad():
+            output = self.model(**batch)
+        score = getattr(output, "score", None)
+        rewards = score if score is not None else output.logits[:, 0]
+        return rewards.reshape(len(texts), -1)[:, 0].float().tolist()
+
+    def _render(self, prompt: Prompt, response: str) -> str:
+        messages = as_messages(prompt) + [{"role": "assistant", "content": response}]
+        if getattr(self.tokenizer, "chat_template", None) is not None:
+            return render_chat(self.tokenizer, messages)
+        bos = self.tokenizer.bos_token or ""
+        return bos + "\n".join(m["content"] for m in messages) + (self.tokenizer.eos_token or "")
+
+
+def load_scorer(spec: str, trust_remote_code: bool = False, device: str | None = None):
+    """A folder that exists is a reward model; "module:function" is a Python scorer."""
+    if not Path(spec).exists() and ":" in spec:
+        return FunctionScorer(spec)
+    return RewardModelScorer(spec, trust_remote_code=trust_remote_code, device=device)

@@ -1,0 +1,23 @@
+"""Python scorers for the pipeline tests, importable as scorers:NAME (pytest puts tests/ on sys.path)."""
+
+import difflib
+
+
+def _word(prompt) -> str:
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    return text.split()[-1]
+
+
+def reversal_similarity(prompt, response: str) -> float:
+    """Partial credit in [0, 1] for reversing the prompt's last word."""
+    return difflib.SequenceMatcher(None, response, _word(prompt)[::-1]).ratio()
+
+
+def fails_on_grape(prompt, response: str) -> float:
+    if _word(prompt) == "grape":
+        raise ValueError("cannot score grapes")
+    return reversal_similarity(prompt, response)
+
+
+def nan_on_grape(prompt, response: str) -> float:
+    return float("nan") if _word(prompt) == "grape" else reversal_similarity(prompt, response)

@@ -1,0 +1,222 @@
+"""The data-construction pipeline on tiny local models: sample, score, build, SFT, and `wrpo run`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import WORDS, write_jsonl
+from wrpo.cli import app
+from wrpo.data.construct import build_pairs, build_sft, in_sft_split
+from wrpo.data.records import iter_quadruples
+from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_model
+from wrpo.errors import InputError
+from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.sample import sample
+from wrpo.reward.score import score
+
+TINY = SamplingSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
+
+
+def prompts_file(path, words=WORDS):
+    return write_jsonl(path, [{"prompt_id": f"w{i}", "prompt": f"reverse {w}"} for i, w in enumerate(words)])
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Two sources and a target of three architectures and three tokenizers."""
+    root = tmp_path_factory.mktemp("zoo")
+    corpus = [f"reverse {w} {w[::-1]}" for w in WORDS * 5]
+    return {
+        "llama-char": save_tiny_model(root / "llama-char", build_char_tokenizer(), "llama", seed=1),
+        "gpt2-bpe": save_tiny_model(root / "gpt2-bpe", build_bpe_tokenizer(corpus, 300), "gpt2", seed=2),
+        "qwen2-bpe": save_tiny_model(root / "qwen2-bpe", build_bpe_tokenizer(corpus, 280), "qwen2", seed=3),
+    }
+
+
+def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
+    output = sample(str(zoo["gpt2-bpe"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY, batch_size=4)
+    rows = read(output)
+    assert sorted(r["prompt_id"] for r in rows) == sorted(f"w{i}" for i in range(len(WORDS)))
+    assert all(len(r["responses"]) == 3 and r["model"] == "gpt2-bpe" for r in rows)
+    assert rows[0]["generation"] == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 1,
+                                     "backend": "hf", "batch_size": 4}
+    assert not (tmp_path / "s.jsonl.partial").exists()
+
+
+def test_shards_split_the_prompts_without_overlap(zoo, tmp_path):
+    prompts = prompts_file(tmp_path / "p.jsonl")
+    ids = [{r["prompt_id"] for r in read(sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", TINY,
+                                                shard=(i, 3)))} for i in range(3)]
+    assert set().union(*ids) == {f"w{i}" for i in range(len(WORDS))} and sum(map(len, ids)) == len(WORDS)
+
+
+def test_a_killed_sample_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(zoo, tmp_path):
+    words = [w + str(i) for i in range(5) for w in WORDS]  # 60 prompts, one per batch: long enough to kill
+    prompts = prompts_file(tmp_path / "p.jsonl", words)
+    settings = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
+    whole = read(sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl", settings, batch_size=1))
+
+    output = tmp_path / "killed.jsonl"
+    partial = tmp_path / "killed.jsonl.partial"
+    command = [sys.executable, "-m", "wrpo.cli", "sample", "--model", str(zoo["llama-char"]), "--prompts", str(prompts),
+               "--output", str(output), "-n", "2", "--temperature", "1", "--top-p", "1", "--max-new-tokens", "24",
+               "--seed", "5", "--batch-size", "1"]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not partial.exists() or partial.read_text().count("\n") < 3):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.exists() and not output.exists(), "the run finished before it could be killed"
+    kept = partial.read_text().count("\n")
+    assert 3 <= kept < len(words)
+    with partial.open("a") as handle:  # as if killed in the middle of a write
+        handle.write('{"prompt_id": "torn", "respon')
+
+    resumed = read(sample(str(zoo["llama-char"]), prompts, output, settings, batch_size=1))
+    assert resumed == whole
+
+
+def test_score_with_a_python_scorer(zoo, tmp_path):
+    samples = sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY)
+    rows = read(score([samples], "scorers:reversal_similarity", tmp_path / "scored.jsonl", batch_size=5))
+    assert len(rows) == len(WORDS)
+    for row in rows:
+        word = row["prompt"].split()[-1]
+        assert row["scores"] == [pytest.approx(__import__("difflib").SequenceMatcher(None, r, word[::-1]).ratio())
+                                 for r in row["responses"]]
+
+
+@pytest.mark.parametrize("scorer, message", [("scorers:fails_on_grape", "failed on prompt 'w1' (ValueError: cannot score grapes)"),
+                                             ("scorers:nan_on_grape", "returned nan for response 0 of prompt 'w1'")])
+def test_a_failing_scorer_names_the_row_and_keeps_every_row_scored_before_it(zoo, tmp_path, scorer, message):
+    samples = sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY)
+    order = [row["prompt_id"] for row in read(samples)]
+    with pytest.raises(InputError) as raised:
+        score([samples], scorer, tmp_path / "scored.jsonl", batch_size=1)
+    grape_line = order.index("w1") + 1
+    assert str(raised.value) == f"{samples}:{grape_line}: scorer {scorer} {message}"
+    kept = read(tmp_path / "scored.jsonl.partial")
+    assert [row["prompt_id"] for row in kept] == order[: grape_line - 1]
+    # A fixed scorer continues from there.
+    rows = read(score([samples], "scorers:reversal_similarity", tmp_path / "scored.jsonl", batch_size=1))
+    assert [row["prompt_id"] for row in rows] == order
+
+
+def scored_rows(model, scores_per_prompt):
+    return [{"prompt_id": pid, "prompt": f"reverse {pid}", "model": model, "responses": [f"{model}-{pid}-{i}" for i in range(len(s))],
+             "scores": s} for pid, s in scores_per_prompt.items()]
+
+
+def test_build_sft_picks_the_best_response_over_all_sources_and_splits_stably(tmp_path):
+    ids = [f"p{i}" for i in range(30)]
+    a = write_jsonl(tmp_path / "a.jsonl", scored_rows("a", {pid: [0.1, 0.9 if i % 2 else 0.2] for i, pid in enumerate(ids)}))
+    b = write_jsonl(tmp_path / "b.jsonl", scored_rows("b", {pid: [0.5, 0.4] for pid in ids}))
+    summary = build_sft([a, b], tmp_path / "sft.jsonl", tmp_path / "pref.jsonl", sft_fraction=1 / 3, seed=7)
+    sft_rows, pref_rows = read(tmp_path / "sft.jsonl"), read(tmp_path / "pref.jsonl")
+    assert sorted(r["prompt_id"] for r in sft_rows + pref_rows) == sorted(ids)
+    assert {r["prompt_id"] for r in sft_rows} == {pid for pid in ids if in_sft_split(pid, 1 / 3, 7)}
+    for row in sft_rows:
+        odd = int(row["prompt_id"][1:]) % 2
+        assert row["response"] == (f"a-{row['prompt_id']}-1" if odd else f"b-{row['prompt_id']}-0")
+    for row in pref_rows:
+        assert [s["score"] for s in row["source_responses"]] == sorted([s["score"] for s in row["source_responses"]], reverse=True)
+    assert summary.wins == {"a": 15, "b": 15}
+    # The split is a function of the id and seed alone: other data, same ids, same split.
+    build_sft([b], tmp_path / "sft2.jsonl", tmp_path / "pref2.jsonl", sft_fraction=1 / 3, seed=7)
+    assert {r["prompt_id"] for r in read(tmp_path / "sft2.jsonl")} == {r["prompt_id"] for r in sft_rows}
+
+
+def test_build_pairs_takes_best_and_worst_target_samples_and_drops_ties(tmp_path):
+    pref = write_jsonl(tmp_path / "pref.jsonl", [
+        {"prompt_id": pid, "prompt": f"reverse {pid}", "source_responses": [
+            {"model": "a", "text": f"best-{pid}", "score": 0.9}, {"model": "b", "text": f"second-{pid}", "score": 0.5}]}
+        for pid in ("p1", "p2", "p3")])
+    target = write_jsonl(tmp_path / "t.jsonl", scored_rows("t", {"p1": [0.3, 0.8, 0.1], "p2": [0.4, 0.4, 0.4]}))
+    summary = build_pairs(pref, [target], tmp_path / "q.jsonl", top_k_sources=2)
+    quadruples = [q for _, q in iter_quadruples(tmp_path / "q.jsonl")]
+    assert len(quadruples) == 1
+    q = quadruples[0]
+    assert (q.chosen_source, q.chosen_target, q.rejected) == (["best-p1", "second-p1"], "t-p1-1", "t-p1-2")
+    assert q.source_scores == [0.9, 0.5]
+    assert summary.dropped == {"prompts whose target samples all score the same": 1,
+                               "prompts with fewer than 2 target samples": 1}
+
+
+def recipe_file(tmp_path, zoo, **wrpo):
+    recipe = {
+        "workdir": "work", "prompts": "prompts.jsonl",
+        "sources": [{"name": "llama-char", "model": str(zoo["llama-char"])},
+                    {"name": "gpt2-bpe", "model": str(zoo["gpt2-bpe"])}],
+        "target": {"name": "qwen2-bpe", "model": str(zoo["qwen2-bpe"])},
+        "reward": {"function": "scorers:reversal_similarity"},
+        "sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 6},
+        "split": {"sft_fraction": 0.34, "seed": 1},
+        "sft": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_length": 64},
+        "wrpo": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "beta": 0.5,
+                 "max_length": 64, "max_prompt_length": 32, **wrpo},
+    }
+    prompts_file(tmp_path / "prompts.jsonl", [w + s for s in ("", "s", "x") for w in WORDS])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_recipe_runs_end_to_end_then_skips_what_is_done_and_redoes_what_changed(zoo, tmp_path):
+    recipe = recipe_file(tmp_path, zoo)
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    work = tmp_path / "work"
+    quadruples = [q for _, q in iter_quadruples(work / "data" / "quadruples.jsonl")]
+    assert quadruples and all(q.meta["source_models"][0] in ("llama-char", "gpt2-bpe") for q in quadruples)
+    assert len(read(work / "models" / "target-sft-wrpo" / "metrics.jsonl")) == 2
+    assert (work / "models" / "target-sft" / "tokenizer.json").exists()
+    first = result.output.strip().splitlines()[-1]
+    assert "wrpo: ran" in first and "sample/llama-char: ran" in first
+
+    again = CliRunner().invoke(app, ["run", str(recipe)])
+    assert again.exit_code == 0 and again.output.strip().splitlines()[-1].count("skipped") == 10
+
+    changed = recipe_file(tmp_path, zoo, beta=0.3)
+    last = CliRunner().invoke(app, ["run", str(changed)]).output.strip().splitlines()[-1]
+    assert "wrpo: redone" in last and last.count("skipped") == 9
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_prompts", "missing.jsonl: file does not exist"),
+    ("empty_prompt", "p.jsonl:2: 'prompt' is empty"),
+    ("repeated_id", "p.jsonl:2: prompt_id 'a' repeats the one on line 1"),
+    ("no_tokenizer", "no tokenizer could be loaded"),
+    ("bad_shard", "--shard must look like I/N"),
+])
+def test_sample_bad_input_is_one_line_and_exit_2(zoo, tmp_path, case, expected):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": "a", "prompt": "x"},
+                                                 {"prompt_id": "a" if case == "repeated_id" else "b",
+                                                  "prompt": "" if case == "empty_prompt" else "y"}])
+    model, extra = zoo["llama-char"], []
+    if case == "missing_prompts":
+        prompts = tmp_path / "missing.jsonl"
+    elif case == "no_tokenizer":
+        model = tmp_path / "weights-only"
+        (model).mkdir()
+        for file in zoo["llama-char"].iterdir():
+            if file.name in ("config.json", "model.safetensors", "generation_config.json"):
+                (model / file.name).write_bytes(file.read_bytes())
+    elif case == "bad_shard":
+        extra = ["--shard", "3"]
+    result = CliRunner().invoke(app, ["sample", "--model", str(model), "--prompts", str(prompts),
+                                      "--output", str(tmp_path / "out.jsonl"), *extra])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and expected in result.stderr
