@@ -88,16 +88,20 @@ def test_bad_input_ends_with_one_line_naming_the_file_and_exit_status_2(tiny_mod
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.output
     assert result.stderr.startswith("error: ") and expected in result.stderr
 
-def test_the_installed_command_prints_help_and_a_one_line_error_without_traceback(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    wrpo = [sys.executable, "-m", "wrpo.cli"]
-    for command in ([], ["train"], ["demo"]):
-        shown = subprocess.run([*wrpo, *command, "--help"], capture_output=True, text=True, env=env)
-        assert shown.returncode == 0 and "Usage" in shown.stdout
-    failed = subprocess.run([*wrpo, "train", "--model", str(tmp_path / "nope"), "--data", "x.jsonl",
-                             "--output", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+@pytest.mark.parametrize("command", [[], ["train"], ["sft"], ["sample"], ["score"], ["build"], ["build", "sft"],
+                                     ["build", "pairs"], ["run"], ["demo"]])
+def test_every_command_has_help(command):
+    shown = run(*command, "--help")
+    assert shown.exit_code == 0 and "Usage" in shown.output
+
+
+def test_the_installed_command_prints_a_one_line_error_without_traceback(tmp_path):
+    failed = subprocess.run([sys.executable, "-m", "wrpo.cli", "train", "--model", str(tmp_path / "nope"),
+                             "--data", "x.jsonl", "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert failed.returncode == 2
     assert failed.stderr == f"error: {tmp_path / 'nope'}: model folder does not exist\n"
+
 
 def test_missing_required_flag_is_named(tmp_path):
     result = run("train", "--data", "x.jsonl", "--output", tmp_path)

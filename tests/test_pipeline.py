@@ -1,5 +1,6 @@
 """The data-construction pipeline on tiny local models: sample, score, build, SFT, and `wrpo run`."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -220,3 +221,103 @@ def test_sample_bad_input_is_one_line_and_exit_2(zoo, tmp_path, case, expected):
                                       "--output", str(tmp_path / "out.jsonl"), *extra])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and expected in result.stderr
+
+
+def test_the_shipped_paper_recipe_is_valid(tmp_path):
+    """Validated, not run: its models are far too large for this machine."""
+    import dataclasses
+    from pathlib import Path
+
+    from wrpo.pipeline.recipe import load_recipe
+    from wrpo.pipeline.run import plan
+    from wrpo.training.config import WRPOConfig
+    from wrpo.training.sft import WRPOSFTConfig
+
+    path = Path(__file__).parent.parent / "recipes" / "llama3-8b-ultrafeedback.yaml"
+    recipe = load_recipe(path)
+    assert len(recipe.sources) == 10 and recipe.target.model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert recipe.reward.model == "RLHFlow/ArmoRM-Llama3-8B-v0.1" and recipe.reward.trust_remote_code
+    assert (recipe.sampling.n, recipe.sampling.temperature, recipe.sampling.top_p) == (5, 0.8, 0.95)
+    assert all(source.backend == "vllm" for source in recipe.sources)
+    wrpo, sft = recipe.wrpo, recipe.sft
+    assert (wrpo["beta"], wrpo["alpha"], wrpo["alpha_schedule"], wrpo["learning_rate"]) == (0.01, 0.1, "linear", 3e-7)
+    assert (wrpo["max_length"], wrpo["max_prompt_length"], sft["learning_rate"], sft["max_length"]) == (2048, 1800, 7e-6, 2048)
+    assert wrpo["per_device_train_batch_size"] * wrpo["gradient_accumulation_steps"] * 8 == 128
+    assert sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * 8 == 128
+    for section, config_class in ((wrpo, WRPOConfig), (sft, WRPOSFTConfig)):
+        assert set(section) <= {f.name for f in dataclasses.fields(config_class)}
+        assert json.loads((path.parent / section["deepspeed"]).read_text())["zero_optimization"]["stage"] == 3
+    # Every stage can be planned (DeepSpeed and bf16 left out: neither is on this machine).
+    without_gpu = recipe.model_copy(update={
+        "workdir": tmp_path, "wrpo": {k: v for k, v in wrpo.items() if k not in ("deepspeed", "bf16")},
+        "sft": {k: v for k, v in sft.items() if k not in ("deepspeed", "bf16")}})
+    assert [stage.name for stage in plan(without_gpu, path)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
+
+
+def test_score_and_sft_through_the_command_line(zoo, tmp_path):
+    samples = sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY)
+    failed = CliRunner().invoke(app, ["score", "--responses", str(samples), "--reward-model", "scorers:nan_on_grape",
+                                      "--output", str(tmp_path / "scored.jsonl")])
+    assert failed.exit_code == 2 and failed.stderr.count("\n") == 1
+    assert failed.stderr.startswith(f"error: {samples}:") and "returned nan" in failed.stderr
+
+    sft_rows = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"reverse {w}", "response": w[::-1]} for w in WORDS])
+    result = CliRunner().invoke(app, ["sft", "--model", str(zoo["gpt2-bpe"]), "--data", str(sft_rows), "--output",
+                                      str(tmp_path / "sft"), "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    assert len(read(tmp_path / "sft" / "metrics.jsonl")) == 2
+    assert (tmp_path / "sft" / "model.safetensors").exists()
+
+
+def test_sft_trains_on_response_tokens_only(zoo, tmp_path):
+    from trl import SFTTrainer
+
+    from wrpo.modeling import load_causal_lm, load_tokenizer
+    from wrpo.training.sft import WRPOSFTConfig, load_sft_dataset
+
+    tokenizer = load_tokenizer(str(zoo["llama-char"]))
+    rows = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "reverse apple", "response": "elppa"}])
+    trainer = SFTTrainer(model=load_causal_lm(str(zoo["llama-char"])), processing_class=tokenizer,
+                         args=WRPOSFTConfig(output_dir=str(tmp_path / "out")),
+                         train_dataset=load_sft_dataset(rows, tokenizer))
+    example = trainer.train_dataset[0]
+    trained = [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    untrained = [token for token, label in zip(example["input_ids"], example["labels"]) if label == -100]
+    assert tokenizer.decode(trained) == "elppa</s>"
+    assert tokenizer.decode(untrained) == "<|user|>reverse apple</s><|assistant|>"
+
+
+def test_a_reward_model_folder_scores_with_its_own_chat_template(zoo, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+
+    from wrpo.demo.tiny import tiny_config
+    from wrpo.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(zoo["llama-char"]))
+    torch.manual_seed(0)
+    reward_dir = tmp_path / "reward"
+    config = tiny_config("llama", tokenizer)
+    config.num_labels = 1
+    LlamaForSequenceClassification(config).save_pretrained(reward_dir)
+    tokenizer.save_pretrained(reward_dir)
+    samples = sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl", WORDS[:3]), tmp_path / "s.jsonl", TINY)
+    rows = read(score([samples], str(reward_dir), tmp_path / "scored.jsonl", batch_size=4))
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    for row in rows:
+        for response, value in zip(row["responses"], row["scores"]):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                                  {"role": "assistant", "content": response}], tokenize=False)
+            with torch.no_grad():
+                expected = model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
+            assert value == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_the_vllm_backend_without_vllm_says_how_to_install_it(zoo, tmp_path):
+    if importlib.util.find_spec("vllm"):
+        pytest.skip("vLLM is installed here")
+    result = CliRunner().invoke(app, ["sample", "--model", str(zoo["llama-char"]), "--prompts",
+                                      str(prompts_file(tmp_path / "p.jsonl")), "--output", str(tmp_path / "o.jsonl"),
+                                      "--backend", "vllm"])
+    assert result.exit_code == 2 and "pip install 'wrpo[vllm]'" in result.stderr

@@ -14,6 +14,7 @@ import torch
 
 from wrpo.data.records import Prompt
 from wrpo.data.tokenize import encode_prompt
+from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
 
 BACKENDS = ("hf", "vllm")
@@ -69,7 +70,7 @@ class VLLMGenerator:
         try:
             from vllm import LLM
         except ImportError:
-            raise ImportError("the vllm backend needs vLLM: pip install 'wrpo[vllm]'") from None
+            raise InputError("the vllm backend needs vLLM, which is not installed: pip install 'wrpo[vllm]'") from None
         self.tokenizer = load_tokenizer(model_dir)
         if data_parallel_size > 1:
             engine_kwargs["data_parallel_size"] = data_parallel_size

@@ -67,6 +67,9 @@ def stage_fingerprint(stage: Stage) -> str:
 
 
 def _config(config_class, output_dir: Path, settings: dict, section: str, recipe_path: Path):
+    settings = dict(settings)
+    if isinstance(settings.get("deepspeed"), str):  # a DeepSpeed config file named relative to the recipe
+        settings["deepspeed"] = str(recipe_path.parent / settings["deepspeed"])
     try:
         return config_class(output_dir=str(output_dir), **settings)
     except (TypeError, ValueError) as error:
