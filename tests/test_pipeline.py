@@ -321,3 +321,12 @@ def test_the_vllm_backend_without_vllm_says_how_to_install_it(zoo, tmp_path):
                                       str(prompts_file(tmp_path / "p.jsonl")), "--output", str(tmp_path / "o.jsonl"),
                                       "--backend", "vllm"])
     assert result.exit_code == 2 and "pip install 'wrpo[vllm]'" in result.stderr
+
+
+def test_a_bad_recipe_names_the_file_line_and_setting(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("workdir: w\nprompts: p.jsonl\nsources:\n  - {name: a, model: m}\n  - name: b\n    model: m\n"
+                      "    backend: tgi\ntarget: {name: t, model: m}\nreward: {function: 'scorers:reversal_similarity'}\n")
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {recipe}:7: sources.1.backend: Input should be 'hf' or 'vllm'\n"

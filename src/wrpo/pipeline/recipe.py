@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wrpo.errors import InputError
+from wrpo.yaml_files import line_of, load_yaml
 
 
 class Strict(BaseModel):
@@ -91,20 +91,13 @@ class Recipe(Strict):
 def load_recipe(path: str | Path) -> Recipe:
     """The recipe at `path`, its relative paths resolved against the recipe's folder."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError(f"cannot read recipe ({error.strerror})", path) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise InputError(f"not valid YAML ({getattr(error, 'problem', error)})", path,
-                         mark.line + 1 if mark else None) from None
+    data, node = load_yaml(path, "recipe")
     try:
         recipe = Recipe.model_validate(data or {})
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "recipe"
-        raise InputError(f"{where}: {first['msg']}", path) from None
+        raise InputError(f"{where}: {first['msg']}", path, line_of(node, first["loc"])) from None
     base = path.parent
 
     def local(model: str | None) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from wrpo.errors import InputError
+from wrpo.yaml_files import load_yaml
 
 # Flag name -> config field, where they differ.
 FLAG_FIELDS = {
@@ -37,21 +38,11 @@ class RunSettings:
 
 def read_yaml_settings(path: str | Path) -> dict[str, tuple[Any, int]]:
     """{key: (value, line)} of a flat YAML mapping, keys normalised to underscores."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-    except OSError as error:
-        raise InputError(f"cannot read config ({error.strerror})", path) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise InputError(f"not valid YAML ({getattr(error, 'problem', error)})", path,
-                         mark.line + 1 if mark else None) from None
+    values, node = load_yaml(path, "config")
     if node is None:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise InputError("the config must be a mapping of setting: value", path, node.start_mark.line + 1)
-    values = yaml.safe_load(text)
     return {key_node.value.replace("-", "_"): (values[key_node.value], key_node.start_mark.line + 1)
             for key_node, _ in node.value}
 
