@@ -51,8 +51,38 @@ def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
     assert sorted(r["prompt_id"] for r in rows) == sorted(f"w{i}" for i in range(len(WORDS)))
     assert all(len(r["responses"]) == 3 and r["model"] == "gpt2-bpe" for r in rows)
     assert rows[0]["generation"] == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 1,
-                                     "backend": "hf", "batch_size": 4}
+                                     "backend": "hf", "batch_size": 4, "shard": "0/1"}
     assert not (tmp_path / "s.jsonl.partial").exists()
+
+
+def test_greedy_sampling_gives_n_identical_answers(zoo, tmp_path):
+    greedy = SamplingSettings(n=3, temperature=0.0, max_new_tokens=8)
+    rows = read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", greedy))
+    assert all(len(set(r["responses"])) == 1 and len(r["responses"]) == 3 for r in rows)
+
+
+def test_sampling_stops_at_every_end_of_turn_token_of_the_model(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from wrpo.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(zoo["llama-char"]))
+    model = AutoModelForCausalLM.from_pretrained(zoo["llama-char"])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("e")]
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = read(sample(str(tmp_path / "model"), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl",
+                       SamplingSettings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24)))
+    assert not any("e" in response[:-1] for row in rows for response in row["responses"])
+
+
+def test_resuming_with_other_settings_is_refused(zoo, tmp_path):
+    output = tmp_path / "s.jsonl"
+    rows = read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY))
+    output.rename(tmp_path / "s.jsonl.partial")  # as if it had not finished
+    with pytest.raises(InputError, match="with other settings"):
+        sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY, batch_size=3)
+    assert read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY)) == rows
 
 
 def test_shards_split_the_prompts_without_overlap(zoo, tmp_path):
@@ -88,6 +118,12 @@ def test_a_killed_sample_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run
 
     resumed = read(sample(str(zoo["llama-char"]), prompts, output, settings, batch_size=1))
     assert resumed == whole
+
+
+def test_a_prompt_scored_twice_is_an_error(zoo, tmp_path):
+    samples = sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY)
+    with pytest.raises(InputError, match=r"s.jsonl:1: model 'llama-char' and prompt '.*' were already read at"):
+        score([samples, samples], "scorers:reversal_similarity", tmp_path / "scored.jsonl")
 
 
 def test_score_with_a_python_scorer(zoo, tmp_path):
@@ -185,7 +221,7 @@ def test_a_recipe_runs_end_to_end_then_skips_what_is_done_and_redoes_what_change
     assert len(read(work / "models" / "target-sft-wrpo" / "metrics.jsonl")) == 2
     assert (work / "models" / "target-sft" / "tokenizer.json").exists()
     first = result.output.strip().splitlines()[-1]
-    assert "wrpo: ran" in first and "sample/llama-char: ran" in first
+    assert "wrpo: ran" in first and "sample/sources/llama-char: ran" in first
 
     again = CliRunner().invoke(app, ["run", str(recipe)])
     assert again.exit_code == 0 and again.output.strip().splitlines()[-1].count("skipped") == 10
@@ -193,6 +229,32 @@ def test_a_recipe_runs_end_to_end_then_skips_what_is_done_and_redoes_what_change
     changed = recipe_file(tmp_path, zoo, beta=0.3)
     last = CliRunner().invoke(app, ["run", str(changed)]).output.strip().splitlines()[-1]
     assert "wrpo: redone" in last and last.count("skipped") == 9
+
+
+def test_an_edited_python_scorer_redoes_the_scoring_stages(zoo, tmp_path, monkeypatch):
+    module = tmp_path / "edited_scorer.py"
+    module.write_text("from scorers import reversal_similarity as score\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = recipe_file(tmp_path, zoo)
+    recipe.write_text(recipe.read_text().replace("scorers:reversal_similarity", "edited_scorer:score"))
+    assert CliRunner().invoke(app, ["run", str(recipe)]).exit_code == 0
+    module.write_text("# same scores, edited source\nfrom scorers import reversal_similarity as score\n")
+    last = CliRunner().invoke(app, ["run", str(recipe)]).output.strip().splitlines()[-1]
+    # Scores are the same, so the stages after them find their inputs unchanged.
+    assert last.count("redone") == 3 and "score/target-sft: redone" in last and "wrpo: skipped" in last
+
+
+def test_top_k_sources_reaches_training_and_a_mismatch_is_refused(zoo, tmp_path):
+    from wrpo.pipeline.recipe import load_recipe
+    from wrpo.pipeline.run import plan
+
+    path = recipe_file(tmp_path, zoo)
+    recipe = load_recipe(path)
+    recipe = recipe.model_copy(update={"pairs": recipe.pairs.model_copy(update={"top_k_sources": 2})})
+    stages = {stage.name: stage for stage in plan(recipe, path)}
+    assert stages["wrpo"].settings["top_k_sources"] == 2
+    with pytest.raises(InputError, match="wrpo.top_k_sources \\(3\\) differs from pairs.top_k_sources \\(2\\)"):
+        plan(recipe.model_copy(update={"wrpo": {**recipe.wrpo, "top_k_sources": 3}}), path)
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -267,6 +329,13 @@ def test_score_and_sft_through_the_command_line(zoo, tmp_path):
     assert result.exit_code == 0, result.output
     assert len(read(tmp_path / "sft" / "metrics.jsonl")) == 2
     assert (tmp_path / "sft" / "model.safetensors").exists()
+
+
+def test_sft_honours_the_older_gradient_checkpointing_name(tmp_path):
+    from wrpo.training.sft import WRPOSFTConfig
+
+    assert WRPOSFTConfig(output_dir=str(tmp_path), gradient_checkpointing=True).activation_checkpointing is True
+    assert WRPOSFTConfig(output_dir=str(tmp_path)).activation_checkpointing is False
 
 
 def test_sft_trains_on_response_tokens_only(zoo, tmp_path):

@@ -204,15 +204,22 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/).")):
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("demo-output"), help="Where the data, the trained model and report.json go."),
-    seed: int = typer.Option(0, help="Seed of the words, the model and the training run."),
-    cache_dir: Path = typer.Option(None, help="Where the tiny built-in model is kept [~/.cache/wrpo]."),
-    steps: int = typer.Option(300, help="WRPO optimizer steps."),
+    output: Path = typer.Option(Path("demo-output"), help="Where the runs, report.md, report.json and plots go."),
+    seed: int = typer.Option(0, help="Seed of the prompts, the split and the training runs."),
+    cache_dir: Path = typer.Option(None, help="Where the tiny model zoo is kept [~/.cache/wrpo]."),
+    ablation: bool = typer.Option(False, help="Also run the paper's comparisons over 3 seeds (mean ± std)."),
+    prompts: int = typer.Option(3000, help="Training prompts (a third for SFT)."),
+    eval_prompts: int = typer.Option(400, help="Held-out prompts for the evaluation."),
 ):
-    """Fuse a correct source answer into a tiny built-in target with a short WRPO run; print its reward before and after."""
+    """Fuse three tiny heterogeneous source models into a tiny target with the whole pipeline, and report."""
     from wrpo.demo.run import run_demo
 
-    run_demo(output, seed=seed, cache_dir=cache_dir, steps=steps)
+    try:
+        run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation, prompt_count=prompts,
+                 eval_count=eval_prompts)
+    except InputError as error:
+        _fail(error)
+    typer.echo(f"report: {output / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -1,93 +1,220 @@
-"""`wrpo demo` (first version): a short WRPO run on a tiny built-in model, rewards before and after.
+"""`wrpo demo`: a real fusion of heterogeneous tiny models, end to end on a laptop CPU.
 
-The task is reversing a word. Each training quadruple holds a correct reversal as the source
-response (what a specialist source model would answer), a near miss with one wrong letter as the
-target's best response, and the word copied unchanged as its worst. The target is a tiny Llama with
-a character tokenizer, saved and loaded back through save_pretrained/from_pretrained. Its held-out
-reward (difflib similarity of its greedy answer to the correct reversal, in [0, 1]) is measured
-before and after WRPO. Real source and target sampling arrives with the pipeline; this run shows
-the trainer end to end in under a minute on a laptop CPU.
+Three tiny sources (Llama / char tokenizer, Qwen2 / BPE 300, GPT-2 / BPE 260), each a specialist on
+two of four string tasks and each with a style tic, and a GPT-NeoX / BPE 400 target that only repeats
+its input. The real pipeline runs on them through a recipe (`wrpo run`): sample, score with the
+task reward, build, SFT, sample target-sft, score, build pairs, WRPO. Every model is then judged on
+held-out prompts by the same reward, and DIR/report.md, report.json and PNG plots are written.
+
+With --ablation the pipeline runs for three seeds, and from each seed's target-sft the comparisons
+of the paper are trained on the same quadruples: DPO (alpha 0), WRPO with constant alpha, alpha
+fixed at 1, continued SFT on y_ws (same steps), and WRPO with 1, 2 and all sources.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
-import random
+import math
+import statistics
 from pathlib import Path
 
-from rich.console import Console
+import yaml
 from rich.table import Table
 
-from wrpo.demo.tiny import save_tiny_llama
-from wrpo.generation.backends import HFGenerator, SamplingSettings
-from wrpo.training import WRPOConfig, train
+from wrpo.data.construct import build_pairs, read_preference_prompts
+from wrpo.data.resumable import write_jsonl_atomically
+from wrpo.demo.tasks import TASKS, prompt_rows
+from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
+from wrpo.evaluation.compare import GREEDY, ModelResult, evaluate_model, win_rate
+from wrpo.evaluation.plots import per_task_bars, training_curves
+from wrpo.generation.backends import SamplingSettings
+from wrpo.pipeline.run import run_recipe
+from wrpo.progress import console
+from wrpo.training.config import WRPOConfig
+from wrpo.training.run import train
+from wrpo.training.sft import WRPOSFTConfig, sft
 
-LETTERS = "abcdefghij"
-console = Console()
-
-
-def reversal_prompt(word: str) -> str:
-    return f"reverse {word}"
-
-
-def reversal_reward(answer: str, word: str) -> float:
-    """Partial credit: 1.0 for the exact reversal, less the further the answer is from it."""
-    return difflib.SequenceMatcher(None, answer, word[::-1]).ratio()
-
-
-def write_quadruples(path: Path, words: list[str], rng: random.Random) -> None:
-    def near_miss(word: str) -> str:
-        letters = list(word[::-1])
-        position = rng.randrange(len(letters))
-        letters[position] = rng.choice(LETTERS.replace(letters[position], ""))
-        return "".join(letters)
-
-    with path.open("w") as handle:
-        for index, word in enumerate(words):
-            handle.write(json.dumps({"prompt_id": f"reverse-{index}", "prompt": reversal_prompt(word),
-                                     "chosen_source": word[::-1], "chosen_target": near_miss(word),
-                                     "rejected": word}) + "\n")
+JUDGE = "wrpo.demo.tasks:reward"
+EVAL_SETTINGS = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
+SFT_SETTINGS = {"max_steps": 300, "per_device_train_batch_size": 32, "learning_rate": 1e-3,
+                "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_length": 64, "logging_steps": 25}
+WRPO_SETTINGS = {"num_train_epochs": 2, "per_device_train_batch_size": 32, "learning_rate": 2e-4, "beta": 0.5,
+                 "alpha": 0.5, "alpha_schedule": "linear", "max_length": 64, "max_prompt_length": 32,
+                 "logging_steps": 5, "save_steps": 1000}
+ABLATION_SEEDS = (0, 1, 2)
 
 
-def mean_reward(model_dir: Path, words: list[str]) -> float:
-    generator = HFGenerator(str(model_dir))
-    prompts = [generator.prompt_ids(reversal_prompt(word)) for word in words]
-    answers = generator.generate(prompts, words, SamplingSettings(n=1, temperature=0.0, max_new_tokens=12))
-    return sum(reversal_reward(answer, word) for (answer,), word in zip(answers, words)) / len(words)
+def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path) -> dict:
+    return {
+        "workdir": str(workdir), "prompts": str(prompts),
+        "sources": [{"name": model.name, "model": str(zoo[model.name])} for model in SOURCES],
+        "target": {"name": TARGET.name, "model": str(zoo[TARGET.name])},
+        "reward": {"function": JUDGE, "batch_size": 256},
+        "sampling": {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 24, "batch_size": 128, "seed": seed},
+        "split": {"sft_fraction": 1 / 3, "seed": seed},
+        "sft": {**SFT_SETTINGS, "seed": seed},
+        "wrpo": {**WRPO_SETTINGS, "seed": seed},
+    }
 
 
-def run_demo(output_dir: Path, seed: int = 0, cache_dir: Path | None = None, steps: int = 300,
-             train_words: int = 600, eval_words: int = 100) -> dict:
+def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, prompt_count: int) -> Path:
+    """The recipe of one seed, run (or resumed) in output_dir/run-seed{seed}; returns its workdir."""
+    run_dir = output_dir / f"run-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prompts = write_jsonl_atomically(run_dir / "prompts.jsonl", prompt_rows(prompt_count, list(TASKS), seed, "train"))
+    recipe = run_dir / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(demo_recipe(zoo, seed, prompts, run_dir / "work"), sort_keys=False))
+    run_recipe(recipe)
+    return run_dir / "work"
+
+
+def evaluate(models: dict[str, Path], eval_prompts: Path, output_dir: Path) -> dict[str, ModelResult]:
+    return {label: evaluate_model(label, str(folder), eval_prompts, JUDGE, output_dir, EVAL_SETTINGS, batch_size=128)
+            for label, folder in models.items()}
+
+
+def ablation_variants(work: Path, seed: int) -> dict[str, Path]:
+    """Trains the paper's comparisons from this seed's target-sft; returns label -> model folder."""
+    target_sft, quadruples = work / "models" / "target-sft", work / "data" / "quadruples.jsonl"
+    preference = work / "data" / "preference_prompts.jsonl"
+    variants_dir = work / "ablation"
+    steps = math.ceil(sum(1 for _ in quadruples.open()) / WRPO_SETTINGS["per_device_train_batch_size"]) \
+        * WRPO_SETTINGS["num_train_epochs"]
+    settings = {**WRPO_SETTINGS, "seed": seed}
+    runs = {
+        "target-sft-dpo": ({"alpha": 0.0, "alpha_schedule": "constant"}, quadruples),
+        "wrpo-constant-alpha": ({"alpha_schedule": "constant"}, quadruples),
+        "wrpo-alpha-1": ({"alpha": 1.0, "alpha_schedule": "constant"}, quadruples),
+    }
+    for count in (1, 2):
+        kept = {model.name for model in SOURCES[:count]}
+        subset_prompts = write_jsonl_atomically(variants_dir / f"preference-{count}-sources.jsonl", [
+            {**row, "source_responses": [s for s in row["source_responses"] if s["model"] in kept]}
+            for _, row in read_preference_prompts(preference)])
+        subset = variants_dir / f"quadruples-{count}-sources.jsonl"
+        if not subset.exists():
+            build_pairs(subset_prompts, [work / "scores" / "target-sft.jsonl"], subset)
+        runs[f"wrpo-{count}-source{'s' if count > 1 else ''}"] = ({}, subset)
+    folders = {}
+    for label, (overrides, data) in runs.items():
+        folder = variants_dir / label
+        if not (folder / "model.safetensors").exists():
+            console.print(f"[bold]ablation seed {seed}[/]: {label}")
+            train(str(target_sft), data, WRPOConfig(output_dir=str(folder), **{**settings, **overrides}))
+        folders[label] = folder
+
+    # The sceptic's baseline: the same number of steps of plain SFT on the preference prompts' y_ws.
+    folder = variants_dir / "target-sft-sft"
+    if not (folder / "model.safetensors").exists():
+        console.print(f"[bold]ablation seed {seed}[/]: target-sft-sft")
+        rows = write_jsonl_atomically(variants_dir / "sft-on-preference-prompts.jsonl", [
+            {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["source_responses"][0]["text"]}
+            for _, row in read_preference_prompts(preference)])
+        sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(folder), **{**SFT_SETTINGS, "seed": seed,
+                                                                            "max_steps": steps,
+                                                                            "learning_rate": WRPO_SETTINGS["learning_rate"]}))
+    folders["target-sft-sft"] = folder
+    return folders
+
+
+def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: str | Path | None = None,
+             ablation: bool = False, prompt_count: int = 3000, eval_count: int = 400) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cache_dir or Path.home() / ".cache" / "wrpo") / f"demo-target-seed{seed}"
-    rng = random.Random(seed)
-    words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6))) for _ in range(train_words + eval_words)]
-    train_set, eval_set = words[:train_words], words[train_words:]
+    zoo = build_zoo(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrpo")
+    eval_prompts = write_jsonl_atomically(output_dir / "eval_prompts.jsonl",
+                                          prompt_rows(eval_count, list(TASKS), 10_000 + seed, "eval"))
 
-    if not (cache_dir / "config.json").exists():
-        save_tiny_llama(cache_dir, hidden_size=64, num_layers=2, seed=seed)
-    data_path = output_dir / "quadruples.jsonl"
-    write_quadruples(data_path, train_set, rng)
+    work = run_pipeline(output_dir, zoo, seed, prompt_count)
+    models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
+              "target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo"}
+    results = evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}")
+    wrpo_rewards = results["target-sft-wrpo"].rewards
+    report = {
+        "seed": seed, "tasks": list(TASKS), "train_prompts": prompt_count, "eval_prompts": eval_count,
+        "models": {label: result.as_dict() for label, result in results.items()},
+        "win_rates": {f"target-sft-wrpo vs {baseline}": win_rate(wrpo_rewards, results[baseline].rewards).as_dict()
+                      for baseline in ("target", "target-sft")},
+    }
+    per_task_bars({label: {**r.per_category, "mean": r.mean_reward} for label, r in results.items()},
+                  output_dir / "per_task_reward.png", f"held-out reward per task (seed {seed})")
+    training_curves({"target-sft-wrpo": work / "models" / "target-sft-wrpo" / "metrics.jsonl"},
+                    output_dir / "training.png")
 
-    console.print(f"[bold]target[/] tiny Llama at {cache_dir}; reward before WRPO on {eval_words} held-out words…")
-    before = mean_reward(cache_dir, eval_set)
-    config = WRPOConfig(output_dir=str(output_dir / "target-wrpo"), max_steps=steps, per_device_train_batch_size=16,
-                        learning_rate=2e-3, beta=0.5, alpha=0.5, max_length=64, max_prompt_length=32,
-                        logging_steps=25, save_steps=steps, seed=seed, report_to="none")
-    train(str(cache_dir), data_path, config, resume=False)
-    after = mean_reward(output_dir / "target-wrpo", eval_set)
-
-    report = {"models": {"target": {"mean_reward": before}, "target-wrpo": {"mean_reward": after}},
-              "task": "reverse a word", "train_quadruples": train_words, "eval_prompts": eval_words,
-              "steps": steps, "seed": seed}
+    if ablation:
+        report["ablation"] = run_ablation(output_dir, zoo, eval_prompts, prompt_count)
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = Table(title="held-out reward (1.0 = exact reversal)")
-    table.add_column("model")
-    table.add_column("mean reward", justify="right")
-    table.add_row("target (before WRPO)", f"{before:.3f}")
-    table.add_row("target + WRPO", f"{after:.3f}")
-    console.print(table)
-    console.print(f"report: {output_dir / 'report.json'}; training metrics: {output_dir / 'target-wrpo' / 'metrics.jsonl'}")
+    (output_dir / "report.md").write_text(render_report(report))
+    show(report)
     return report
+
+
+def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, prompt_count: int) -> dict:
+    per_seed: dict[str, list[ModelResult]] = {}
+    curves = {}
+    for seed in ABLATION_SEEDS:
+        work = run_pipeline(output_dir, zoo, seed, prompt_count)
+        models = {"target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo",
+                  **ablation_variants(work, seed)}
+        for label, result in evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}").items():
+            per_seed.setdefault(label, []).append(result)
+        if seed == ABLATION_SEEDS[0]:
+            curves = {label: folder / "metrics.jsonl" for label, folder in models.items()
+                      if label.startswith(("target-sft-wrpo", "target-sft-dpo", "wrpo-"))}
+    summary = {}
+    for label, results in per_seed.items():
+        means = [r.mean_reward for r in results]
+        tasks = results[0].per_category
+        summary[label] = {
+            "mean_reward": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
+            "per_seed": means,
+            "per_task": {t: statistics.fmean(r.per_category[t] for r in results) for t in tasks},
+            "per_task_std": {t: statistics.stdev([r.per_category[t] for r in results]) if len(results) > 1 else 0.0
+                             for t in tasks},
+        }
+    per_task_bars({label: {**s["per_task"], "mean": s["mean_reward"]} for label, s in summary.items()},
+                  output_dir / "ablation_per_task_reward.png",
+                  f"ablation: held-out reward, mean over seeds {', '.join(map(str, ABLATION_SEEDS))}",
+                  errors={label: {**s["per_task_std"], "mean": s["std"]} for label, s in summary.items()})
+    training_curves(curves, output_dir / "ablation_training.png")
+    return {"seeds": list(ABLATION_SEEDS), "models": summary}
+
+
+def render_report(report: dict) -> str:
+    lines = [f"# wrpo demo (seed {report['seed']})", "",
+             f"Tasks: {', '.join(report['tasks'])}. {report['train_prompts']} training prompts, "
+             f"{report['eval_prompts']} held-out prompts; reward = similarity of the greedy answer to the right "
+             "answer (1.0 = exact).", "", "| model | mean | " + " | ".join(report["tasks"]) + " |",
+             "|---|---|" + "---|" * len(report["tasks"])]
+    for label, values in report["models"].items():
+        lines.append(f"| {label} | {values['mean_reward']:.3f} | "
+                     + " | ".join(f"{values['per_task'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
+    lines += ["", "| comparison | win rate | 95% CI | wins / ties / losses |", "|---|---|---|---|"]
+    for name, value in report["win_rates"].items():
+        lines.append(f"| {name} | {value['win_rate']:.3f} | {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f} | "
+                     f"{value['wins']} / {value['ties']} / {value['losses']} |")
+    lines += ["", "![per-task reward](per_task_reward.png)", "", "![training](training.png)", ""]
+    if "ablation" in report:
+        ablation = report["ablation"]
+        lines += [f"## Ablation (seeds {', '.join(map(str, ablation['seeds']))}, mean ± std)", "",
+                  "| model | mean reward | " + " | ".join(report["tasks"]) + " |",
+                  "|---|---|" + "---|" * len(report["tasks"])]
+        for label, values in ablation["models"].items():
+            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | "
+                         + " | ".join(f"{values['per_task'][t]:.3f}" for t in report["tasks"]) + " |")
+        lines += ["", "![ablation](ablation_per_task_reward.png)", "", "![ablation training](ablation_training.png)", ""]
+    return "\n".join(lines)
+
+
+def show(report: dict) -> None:
+    table = Table(title="held-out reward (1.0 = exact answer)")
+    for column in ("model", "mean", *report["tasks"]):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for label, values in report["models"].items():
+        table.add_row(label, f"{values['mean_reward']:.3f}", *(f"{values['per_task'].get(t, 0):.3f}" for t in report["tasks"]))
+    console.print(table)
+    for name, value in report["win_rates"].items():
+        console.print(f"{name}: {value['win_rate']:.3f} (95% CI {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})")
+    if "ablation" in report:
+        for label, values in report["ablation"]["models"].items():
+            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f}")

@@ -29,9 +29,9 @@ class SamplingSettings:
     seed: int = 0
 
 
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    """A per-prompt seed, so a prompt's samples do not depend on which others share its batch."""
-    return int(hashlib.sha1(f"{seed}:{prompt_id}".encode()).hexdigest()[:8], 16)
+def prompt_seed(seed: int, key: str) -> int:
+    """A seed from the run's seed and a prompt id (vllm: per prompt) or a batch's ids (hf)."""
+    return int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
 
 
 class HFGenerator:
@@ -41,6 +41,11 @@ class HFGenerator:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model = load_causal_lm(model_dir, dtype=dtype).to(self.device).eval()
+        # Chat models often end a turn with a token other than the tokenizer's EOS (Gemma 2: both
+        # <eos> and <end_of_turn>); stop at any of them.
+        configured = self.model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [] if configured is None else [configured]
+        self.stop_ids = sorted({*configured, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}) or None
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)[0]
@@ -51,18 +56,19 @@ class HFGenerator:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids],
                                       device=self.device)
-        # transformers draws from one generator per call: seed it from the batch's prompts, so a
-        # resumed run regenerates a batch exactly.
+        # transformers draws from one generator per call, so samples depend on the batch: seed it from
+        # the batch's prompts, and a resumed run (same batches) regenerates a batch exactly.
         torch.manual_seed(prompt_seed(settings.seed, "|".join(prompt_keys)))
         sampling = settings.temperature > 0
+        copies = settings.n if sampling else 1  # greedy answers are all the same: decode once
         with torch.no_grad():
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
                 do_sample=sampling, temperature=settings.temperature if sampling else None,
                 top_p=settings.top_p if sampling else None, top_k=0 if sampling else None,
-                num_return_sequences=settings.n, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+                num_return_sequences=copies, pad_token_id=pad, eos_token_id=self.stop_ids)
         texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-        return [texts[i * settings.n:(i + 1) * settings.n] for i in range(len(prompt_ids))]
+        return [texts[i * copies:(i + 1) * copies] * (settings.n // copies) for i in range(len(prompt_ids))]
 
 
 class VLLMGenerator:

@@ -29,7 +29,8 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
     """Writes one row per prompt: prompt_id, prompt, model, responses, generation settings.
 
     Prompts are generated longest first in batches of similar length; rows are flushed per batch,
-    and a rerun after a crash continues where the last complete row left off."""
+    and a rerun after a crash (with the same settings) continues where the last complete row left
+    off. With the hf backend samples depend on the batches, hence on batch_size and shard."""
     writer = ResumableJsonl(output, key=lambda row: row["prompt_id"])
     if writer.complete:
         console.print(f"{output} is complete: nothing to sample")
@@ -40,7 +41,13 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
     done = writer.done()
     todo = [row for row in rows if row.prompt_id not in done]
     model_name = name or Path(model).name
-    generation = {**dataclasses.asdict(settings), "backend": backend, "batch_size": batch_size}
+    generation = {**dataclasses.asdict(settings), "backend": backend, "batch_size": batch_size,
+                  "shard": f"{index}/{count}"}
+    for row in done.values():
+        if row.get("generation") != generation or row.get("model") != model_name:
+            # Samples depend on these settings (hf: on the batches too): mixing runs would be silent.
+            raise InputError(f"was written by {row.get('model')} with other settings ({row.get('generation')}); "
+                             f"resume with the same settings or delete it", writer.partial)
     if todo:
         generator = make_generator(backend, model, **backend_options)
         ids = {}

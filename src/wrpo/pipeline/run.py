@@ -18,6 +18,7 @@ from scratch, its stale outputs removed first.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from collections.abc import Callable
@@ -46,8 +47,14 @@ class Stage:
 
 
 def path_fingerprint(location: str) -> str:
+    """Files by content, folders by file names, sizes and times, a Python scorer (module:function) by
+    its module's source, anything else (a Hub id) by name: a new Hub revision is not noticed."""
     path = Path(location)
     digest = hashlib.sha256()
+    if not path.exists() and ":" in location:
+        spec = importlib.util.find_spec(location.split(":", 1)[0])
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            path = Path(spec.origin)
     if path.is_file():
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -85,13 +92,14 @@ def plan(recipe: Recipe, recipe_path: Path) -> list[Stage]:
                                     max_new_tokens=settings.max_new_tokens, seed=settings.seed)
         options = dict(tensor_parallel_size=spec.tensor_parallel_size, data_parallel_size=spec.data_parallel_size,
                        **spec.engine_kwargs) if spec.backend == "vllm" else {}
-        return Stage(f"sample/{output.stem}", [model, str(prompts)],
+        return Stage(f"sample/{output.relative_to(work / 'samples').with_suffix('')}", [model, str(prompts)],
                      {"sampling": settings.model_dump(), "backend": spec.backend, "name": output.stem},
                      [output], lambda: sample(model, prompts, output, sampling, backend=spec.backend,
                                               batch_size=settings.batch_size, name=output.stem, **options))
 
     def scoring_stage(samples: Path, output: Path) -> Stage:
-        return Stage(f"score/{output.stem}", [str(samples), reward.scorer], reward.model_dump(), [output],
+        return Stage(f"score/{output.relative_to(work / 'scores').with_suffix('')}", [str(samples), reward.scorer],
+                     reward.model_dump(), [output],
                      lambda: score([samples], reward.scorer, output, batch_size=reward.batch_size,
                                    trust_remote_code=reward.trust_remote_code))
 
@@ -127,8 +135,13 @@ def plan(recipe: Recipe, recipe_path: Path) -> list[Stage]:
                                                           top_k_sources=recipe.pairs.top_k_sources)))
 
     target_wrpo = work / "models" / "target-sft-wrpo"
-    wrpo_config = _config(WRPOConfig, target_wrpo, recipe.wrpo, "wrpo", recipe_path)
-    stages.append(Stage("wrpo", [str(target_sft), str(quadruples)], recipe.wrpo, [target_wrpo],
+    top_k = recipe.wrpo.get("top_k_sources", recipe.pairs.top_k_sources)
+    if top_k != recipe.pairs.top_k_sources:
+        raise InputError(f"wrpo.top_k_sources ({top_k}) differs from pairs.top_k_sources "
+                         f"({recipe.pairs.top_k_sources}): the quadruples would not match training", recipe_path)
+    wrpo_settings = {**recipe.wrpo, "top_k_sources": top_k}
+    wrpo_config = _config(WRPOConfig, target_wrpo, wrpo_settings, "wrpo", recipe_path)
+    stages.append(Stage("wrpo", [str(target_sft), str(quadruples)], wrpo_settings, [target_wrpo],
                         lambda: train(str(target_sft), quadruples, wrpo_config)))
     return stages
 

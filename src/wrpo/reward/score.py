@@ -19,7 +19,7 @@ def read_sample_rows(path: str | Path) -> list[tuple[int, dict]]:
     rows = []
     for line, row in read_rows(path):
         fail = row_failer(path, line)
-        parse_prompt(field_of(row, "prompt", fail), fail)
+        row = {**row, "prompt": parse_prompt(field_of(row, "prompt", fail), fail)}
         for name in ("prompt_id", "model"):
             field_of(row, name, fail)
         responses = field_of(row, "responses", fail)
@@ -39,8 +39,16 @@ def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, b
         console.print(f"{output} is complete: nothing to score")
         return writer.output
     done = writer.done()
-    todo = [(path, line, row) for path in responses for line, row in read_sample_rows(path)
-            if writer.key(row) not in done]
+    todo, seen = [], {}
+    for path in responses:
+        for line, row in read_sample_rows(path):
+            key = writer.key(row)
+            if key in seen:
+                raise InputError(f"model {row['model']!r} and prompt {row['prompt_id']!r} were already read at "
+                                 f"{seen[key]}", path, line)
+            seen[key] = f"{path}:{line}"
+            if key not in done:
+                todo.append((path, line, row))
     if todo:
         score_rows = load_scorer(scorer, trust_remote_code=trust_remote_code, device=device)
         with stage_progress(f"scoring with {score_rows.name}") as progress:

@@ -33,8 +33,8 @@ class WRPOSFTConfig(SFTConfig):
     logging_steps: float = 1
     save_steps: float = 100
     save_total_limit: int | None = 2
-    gradient_checkpointing: bool | None = None
-    activation_checkpointing: bool | None = False
+    gradient_checkpointing: bool | None = None  # None (not TRL's True): transformers then resolves both to False
+    activation_checkpointing: bool | None = None
     completion_only_loss: bool | None = True
     report_to: str | list[str] | None = "none"
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})

@@ -1,0 +1,54 @@
+"""Plots a person would rather look at than read: per-task rewards of every model, training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def per_task_bars(per_task: dict[str, dict[str, float]], path: str | Path, title: str,
+                  errors: dict[str, dict[str, float]] | None = None) -> Path:
+    """Grouped bars: one group per task (plus "mean"), one bar per model."""
+    labels = list(per_task)
+    tasks = sorted({task for values in per_task.values() for task in values})
+    figure, axes = plt.subplots(figsize=(max(7, 1.6 * len(tasks) + 2), 4.5))
+    width = 0.8 / len(labels)
+    for index, label in enumerate(labels):
+        positions = [t + (index - (len(labels) - 1) / 2) * width for t in range(len(tasks))]
+        heights = [per_task[label].get(task, 0.0) for task in tasks]
+        spread = [errors[label].get(task, 0.0) for task in tasks] if errors else None
+        axes.bar(positions, heights, width, label=label, yerr=spread, capsize=2 if spread else 0)
+    axes.set_xticks(range(len(tasks)), tasks)
+    axes.set_ylabel("mean reward (1 = exact answer)")
+    axes.set_ylim(0, 1.05)
+    axes.set_title(title)
+    axes.legend(fontsize=8, ncol=2, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def training_curves(metrics_files: dict[str, str | Path], path: str | Path,
+                    keys: tuple[str, ...] = ("alpha", "rewards/margins", "rewards/accuracies", "loss")) -> Path:
+    """One panel per metric of metrics.jsonl over optimizer steps, one line per run."""
+    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    for label, metrics_file in metrics_files.items():
+        rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+        for axis, key in zip(axes, keys):
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            if points:
+                axis.plot(*zip(*points), label=label)
+    for axis, key in zip(axes, keys):
+        axis.set_title(key)
+        axis.set_xlabel("optimizer step")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
