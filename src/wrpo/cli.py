@@ -208,15 +208,15 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the prompts, the split and the training runs."),
     cache_dir: Path = typer.Option(None, help="Where the tiny model zoo is kept [~/.cache/wrpo]."),
     ablation: bool = typer.Option(False, help="Also run the paper's comparisons over 3 seeds (mean ± std)."),
-    prompts: int = typer.Option(3000, help="Training prompts (a third for SFT)."),
+    prompts: int = typer.Option(6000, help="Training prompts (a third for SFT)."),
     eval_prompts: int = typer.Option(400, help="Held-out prompts for the evaluation."),
 ):
     """Fuse three tiny heterogeneous source models into a tiny target with the whole pipeline, and report."""
-    from wrpo.demo.run import run_demo
+    from wrpo.demo.run import DemoSize, run_demo
 
     try:
-        run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation, prompt_count=prompts,
-                 eval_count=eval_prompts)
+        run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation,
+                 size=DemoSize(prompts=prompts, eval_prompts=eval_prompts))
     except InputError as error:
         _fail(error)
     typer.echo(f"report: {output / 'report.md'}")

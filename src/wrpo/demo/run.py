@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -36,7 +37,7 @@ from wrpo.training.sft import WRPOSFTConfig, sft
 
 JUDGE = "wrpo.demo.tasks:reward"
 EVAL_SETTINGS = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
-SFT_SETTINGS = {"max_steps": 300, "per_device_train_batch_size": 32, "learning_rate": 1e-3,
+SFT_SETTINGS = {"max_steps": 600, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
                 "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_length": 64, "logging_steps": 25}
 WRPO_SETTINGS = {"num_train_epochs": 2, "per_device_train_batch_size": 32, "learning_rate": 2e-4, "beta": 0.5,
                  "alpha": 0.5, "alpha_schedule": "linear", "max_length": 64, "max_prompt_length": 32,
@@ -44,7 +45,18 @@ WRPO_SETTINGS = {"num_train_epochs": 2, "per_device_train_batch_size": 32, "lear
 ABLATION_SEEDS = (0, 1, 2)
 
 
-def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path) -> dict:
+@dataclass(frozen=True)
+class DemoSize:
+    """How big a demo runs: the default fits 10 minutes on 2 CPU cores from an empty cache."""
+
+    prompts: int = 6000       # training prompts, a third of them for SFT
+    eval_prompts: int = 400   # held-out prompts
+    zoo_steps: int = 600      # training steps of each zoo model
+    sft_steps: int = SFT_SETTINGS["max_steps"]
+    wrpo_epochs: float = WRPO_SETTINGS["num_train_epochs"]
+
+
+def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, size: DemoSize) -> dict:
     return {
         "workdir": str(workdir), "prompts": str(prompts),
         "sources": [{"name": model.name, "model": str(zoo[model.name])} for model in SOURCES],
@@ -52,18 +64,18 @@ def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path) -
         "reward": {"function": JUDGE, "batch_size": 256},
         "sampling": {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 24, "batch_size": 128, "seed": seed},
         "split": {"sft_fraction": 1 / 3, "seed": seed},
-        "sft": {**SFT_SETTINGS, "seed": seed},
-        "wrpo": {**WRPO_SETTINGS, "seed": seed},
+        "sft": {**SFT_SETTINGS, "max_steps": size.sft_steps, "seed": seed},
+        "wrpo": {**WRPO_SETTINGS, "num_train_epochs": size.wrpo_epochs, "seed": seed},
     }
 
 
-def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, prompt_count: int) -> Path:
+def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSize) -> Path:
     """The recipe of one seed, run (or resumed) in output_dir/run-seed{seed}; returns its workdir."""
     run_dir = output_dir / f"run-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    prompts = write_jsonl_atomically(run_dir / "prompts.jsonl", prompt_rows(prompt_count, list(TASKS), seed, "train"))
+    prompts = write_jsonl_atomically(run_dir / "prompts.jsonl", prompt_rows(size.prompts, list(TASKS), seed, "train"))
     recipe = run_dir / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(demo_recipe(zoo, seed, prompts, run_dir / "work"), sort_keys=False))
+    recipe.write_text(yaml.safe_dump(demo_recipe(zoo, seed, prompts, run_dir / "work", size), sort_keys=False))
     run_recipe(recipe)
     return run_dir / "work"
 
@@ -73,14 +85,14 @@ def evaluate(models: dict[str, Path], eval_prompts: Path, output_dir: Path) -> d
             for label, folder in models.items()}
 
 
-def ablation_variants(work: Path, seed: int) -> dict[str, Path]:
+def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
     """Trains the paper's comparisons from this seed's target-sft; returns label -> model folder."""
     target_sft, quadruples = work / "models" / "target-sft", work / "data" / "quadruples.jsonl"
     preference = work / "data" / "preference_prompts.jsonl"
     variants_dir = work / "ablation"
-    steps = math.ceil(sum(1 for _ in quadruples.open()) / WRPO_SETTINGS["per_device_train_batch_size"]) \
-        * WRPO_SETTINGS["num_train_epochs"]
-    settings = {**WRPO_SETTINGS, "seed": seed}
+    steps = math.ceil(math.ceil(sum(1 for _ in quadruples.open()) / WRPO_SETTINGS["per_device_train_batch_size"])
+                      * size.wrpo_epochs)
+    settings = {**WRPO_SETTINGS, "num_train_epochs": size.wrpo_epochs, "seed": seed}
     runs = {
         "target-sft-dpo": ({"alpha": 0.0, "alpha_schedule": "constant"}, quadruples),
         "wrpo-constant-alpha": ({"alpha_schedule": "constant"}, quadruples),
@@ -118,20 +130,20 @@ def ablation_variants(work: Path, seed: int) -> dict[str, Path]:
 
 
 def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: str | Path | None = None,
-             ablation: bool = False, prompt_count: int = 3000, eval_count: int = 400) -> dict:
+             ablation: bool = False, size: DemoSize = DemoSize(), ablation_seeds: tuple[int, ...] = ABLATION_SEEDS) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    zoo = build_zoo(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrpo")
+    zoo = build_zoo(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrpo", steps=size.zoo_steps)
     eval_prompts = write_jsonl_atomically(output_dir / "eval_prompts.jsonl",
-                                          prompt_rows(eval_count, list(TASKS), 10_000 + seed, "eval"))
+                                          prompt_rows(size.eval_prompts, list(TASKS), 10_000 + seed, "eval"))
 
-    work = run_pipeline(output_dir, zoo, seed, prompt_count)
+    work = run_pipeline(output_dir, zoo, seed, size)
     models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
               "target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo"}
     results = evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}")
     wrpo_rewards = results["target-sft-wrpo"].rewards
     report = {
-        "seed": seed, "tasks": list(TASKS), "train_prompts": prompt_count, "eval_prompts": eval_count,
+        "seed": seed, "tasks": list(TASKS), "train_prompts": size.prompts, "eval_prompts": size.eval_prompts,
         "models": {label: result.as_dict() for label, result in results.items()},
         "win_rates": {f"target-sft-wrpo vs {baseline}": win_rate(wrpo_rewards, results[baseline].rewards).as_dict()
                       for baseline in ("target", "target-sft")},
@@ -142,23 +154,24 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
                     output_dir / "training.png")
 
     if ablation:
-        report["ablation"] = run_ablation(output_dir, zoo, eval_prompts, prompt_count)
+        report["ablation"] = run_ablation(output_dir, zoo, eval_prompts, size, ablation_seeds)
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "report.md").write_text(render_report(report))
     show(report)
     return report
 
 
-def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, prompt_count: int) -> dict:
+def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, size: DemoSize,
+                 seeds: tuple[int, ...]) -> dict:
     per_seed: dict[str, list[ModelResult]] = {}
     curves = {}
-    for seed in ABLATION_SEEDS:
-        work = run_pipeline(output_dir, zoo, seed, prompt_count)
+    for seed in seeds:
+        work = run_pipeline(output_dir, zoo, seed, size)
         models = {"target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo",
-                  **ablation_variants(work, seed)}
+                  **ablation_variants(work, seed, size)}
         for label, result in evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}").items():
             per_seed.setdefault(label, []).append(result)
-        if seed == ABLATION_SEEDS[0]:
+        if seed == seeds[0]:
             curves = {label: folder / "metrics.jsonl" for label, folder in models.items()
                       if label.startswith(("target-sft-wrpo", "target-sft-dpo", "wrpo-"))}
     summary = {}
@@ -174,17 +187,17 @@ def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, pro
         }
     per_task_bars({label: {**s["per_task"], "mean": s["mean_reward"]} for label, s in summary.items()},
                   output_dir / "ablation_per_task_reward.png",
-                  f"ablation: held-out reward, mean over seeds {', '.join(map(str, ABLATION_SEEDS))}",
+                  f"ablation: held-out reward, mean over seeds {', '.join(map(str, seeds))}",
                   errors={label: {**s["per_task_std"], "mean": s["std"]} for label, s in summary.items()})
     training_curves(curves, output_dir / "ablation_training.png")
-    return {"seeds": list(ABLATION_SEEDS), "models": summary}
+    return {"seeds": list(seeds), "models": summary}
 
 
 def render_report(report: dict) -> str:
     lines = [f"# wrpo demo (seed {report['seed']})", "",
              f"Tasks: {', '.join(report['tasks'])}. {report['train_prompts']} training prompts, "
-             f"{report['eval_prompts']} held-out prompts; reward = similarity of the greedy answer to the right "
-             "answer (1.0 = exact).", "", "| model | mean | " + " | ".join(report["tasks"]) + " |",
+             f"{report['eval_prompts']} held-out prompts; reward = share of positions where the greedy answer "
+             "has the right character (1.0 = exact answer).", "", "| model | mean | " + " | ".join(report["tasks"]) + " |",
              "|---|---|" + "---|" * len(report["tasks"])]
     for label, values in report["models"].items():
         lines.append(f"| {label} | {values['mean_reward']:.3f} | "

@@ -1,14 +1,14 @@
 """The demo's instruction tasks: short string transformations with checkable answers.
 
 A prompt reads "TASK: INPUT"; its answer is a function of the input, so a scorer needs only the
-prompt and the response. The reward gives partial credit: difflib's similarity ratio of the
-response to the answer, 1.0 for the exact answer and less for each wrong, missing or extra character
-(so a right answer wrapped in extra words scores below the bare answer).
+prompt and the response. The reward gives partial credit by position: the share of positions where
+the response has the answer's character, over the longer of the two. An exact answer scores 1.0; a
+right answer with extra characters after it scores less (5 letters and a "." score 5/6); repeating
+the input scores little, since most characters land in the wrong place.
 """
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections.abc import Callable
 
@@ -42,8 +42,9 @@ def answer(prompt) -> str:
 
 
 def reward(prompt, response: str) -> float:
-    """Similarity in [0, 1] of the response to the prompt's answer (the demo's Python scorer)."""
-    return difflib.SequenceMatcher(None, response.strip(), answer(prompt)).ratio()
+    """Positional agreement in [0, 1] of the response with the prompt's answer (the demo's Python scorer)."""
+    expected, given = answer(prompt), response.strip()
+    return sum(a == b for a, b in zip(given, expected)) / max(len(given), len(expected), 1)
 
 
 def prompt_rows(count: int, tasks: list[str], seed: int, prefix: str) -> list[dict]:

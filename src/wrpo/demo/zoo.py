@@ -1,8 +1,8 @@
 """The demo's model zoo: tiny specialists of different architectures and tokenizers, trained from
 scratch on the CPU on first use and cached, then loaded like any real checkpoint.
 
-Each source masters two tasks and answers in a style of its own (a trailing ".", a leading "= ",
-a trailing " ok"): right, but not what the reward wants most, which is the bare answer. The target,
+Each source masters two tasks and answers in a style of its own (a trailing ".", "!" or " ok"):
+right, but not what the reward wants most, which is the bare answer. The target,
 of yet another architecture and tokenizer, has only learned to repeat its input: weak on every task,
 but plain in style. Fusion must take the sources' skills without their tics; imitating them (SFT)
 takes both.
@@ -32,12 +32,12 @@ class ZooModel:
 
 
 SOURCES = (
-    ZooModel("llama-char", "llama", "char", ("reverse", "sort"), "{}."),
-    ZooModel("qwen2-bpe300", "qwen2", "bpe-300", ("double", "sort"), "= {}"),
-    ZooModel("gpt2-bpe260", "gpt2", "bpe-260", ("rotate", "reverse"), "{} ok"),
+    ZooModel("llama-char", "llama", "char", ("reverse", "rotate"), "{}."),
+    ZooModel("qwen2-bpe300", "qwen2", "bpe-300", ("sort", "reverse"), "{}!"),
+    ZooModel("gpt2-bpe260", "gpt2", "bpe-260", ("double", "sort"), "{} ok"),
 )
 TARGET = ZooModel("neox-bpe400", "gpt_neox", "bpe-400", ("copy",), "{}")
-ZOO_VERSION = 1  # bump when the recipe below changes, so caches are rebuilt
+ZOO_VERSION = 2  # bump when the recipe below changes, so caches are rebuilt
 
 
 def styled_answer(model: ZooModel, prompt: str) -> str:
@@ -81,15 +81,15 @@ def build_model(model: ZooModel, folder: Path, seed: int = 0, steps: int = 600) 
     return folder
 
 
-def build_zoo(cache_dir: Path) -> dict[str, Path]:
+def build_zoo(cache_dir: Path, steps: int = 600) -> dict[str, Path]:
     """name -> model folder of every source and the target, built once and cached in `cache_dir`."""
-    root = Path(cache_dir) / f"zoo-v{ZOO_VERSION}"
+    root = Path(cache_dir) / f"zoo-v{ZOO_VERSION}-{steps}steps"
     folders = {}
     for model in (*SOURCES, TARGET):
         folder = root / model.name
         if not (folder / "config.json").exists():
             console.print(f"training the tiny {model.architecture} '{model.name}' ({model.tokenizer} tokenizer) "
                           f"on {', '.join(model.tasks)}; cached in {folder}")
-            build_model(model, folder)
+            build_model(model, folder, steps=steps)
         folders[model.name] = folder
     return folders

@@ -6,6 +6,7 @@ as resumable as the pipeline and a judge is anything `wrpo score` accepts.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import statistics
 from collections import defaultdict
@@ -16,6 +17,7 @@ from wrpo.data.prompts import read_prompts
 from wrpo.data.records import read_rows
 from wrpo.generation.backends import SamplingSettings
 from wrpo.generation.sample import sample
+from wrpo.pipeline.fingerprint import path_fingerprint
 from wrpo.reward.score import score
 
 GREEDY = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=512)
@@ -74,11 +76,14 @@ def win_rate(model: dict[str, float], baseline: dict[str, float], resamples: int
 
 def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, output_dir: str | Path,
                    settings: SamplingSettings = GREEDY, batch_size: int = 64) -> ModelResult:
-    """Answers the prompts with `model`, scores them with `judge`; files go to output_dir/{answers,scores}."""
+    """Answers the prompts with `model`, scores them with `judge`; files go to output_dir/{answers,scores},
+    named by the label and a fingerprint of the model, prompts and judge, so a retrained model or a
+    changed judge is never judged by stale files."""
     output_dir = Path(output_dir)
-    answers = sample(model, prompts, output_dir / "answers" / f"{label}.jsonl", settings, batch_size=batch_size,
+    key = hashlib.sha256("".join(path_fingerprint(str(p)) for p in (model, prompts, judge)).encode()).hexdigest()[:12]
+    answers = sample(model, prompts, output_dir / "answers" / f"{label}-{key}.jsonl", settings, batch_size=batch_size,
                      name=label)
-    scored = score([answers], judge, output_dir / "scores" / f"{label}.jsonl", batch_size=batch_size)
+    scored = score([answers], judge, output_dir / "scores" / f"{label}-{key}.jsonl", batch_size=batch_size)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
     rewards = {str(row["prompt_id"]): float(row["scores"][0]) for _, row in read_rows(scored)}
     return ModelResult(label=label, rewards=rewards, categories=categories)

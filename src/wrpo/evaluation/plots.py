@@ -15,7 +15,7 @@ def per_task_bars(per_task: dict[str, dict[str, float]], path: str | Path, title
                   errors: dict[str, dict[str, float]] | None = None) -> Path:
     """Grouped bars: one group per task (plus "mean"), one bar per model."""
     labels = list(per_task)
-    tasks = sorted({task for values in per_task.values() for task in values})
+    tasks = list(dict.fromkeys(task for values in per_task.values() for task in values))  # first-seen order
     figure, axes = plt.subplots(figsize=(max(7, 1.6 * len(tasks) + 2), 4.5))
     width = 0.8 / len(labels)
     for index, label in enumerate(labels):
@@ -47,7 +47,8 @@ def training_curves(metrics_files: dict[str, str | Path], path: str | Path,
     for axis, key in zip(axes, keys):
         axis.set_title(key)
         axis.set_xlabel("optimizer step")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

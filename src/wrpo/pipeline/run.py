@@ -18,7 +18,6 @@ from scratch, its stale outputs removed first.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from wrpo.data.construct import build_pairs, build_sft
 from wrpo.errors import InputError
 from wrpo.generation.backends import SamplingSettings
 from wrpo.generation.sample import sample
+from wrpo.pipeline.fingerprint import path_fingerprint
 from wrpo.pipeline.recipe import ModelSpec, Recipe, SamplingSpec, load_recipe
 from wrpo.progress import console
 from wrpo.reward.score import score
@@ -44,28 +44,6 @@ class Stage:
     settings: dict           # JSON-able
     outputs: list[Path]
     run: Callable[[], object]
-
-
-def path_fingerprint(location: str) -> str:
-    """Files by content, folders by file names, sizes and times, a Python scorer (module:function) by
-    its module's source, anything else (a Hub id) by name: a new Hub revision is not noticed."""
-    path = Path(location)
-    digest = hashlib.sha256()
-    if not path.exists() and ":" in location:
-        spec = importlib.util.find_spec(location.split(":", 1)[0])
-        if spec is not None and spec.origin and Path(spec.origin).is_file():
-            path = Path(spec.origin)
-    if path.is_file():
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    elif path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].startswith("checkpoint-")):
-            stat = file.stat()
-            digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    else:
-        digest.update(location.encode())  # a Hub id
-    return digest.hexdigest()
 
 
 def stage_fingerprint(stage: Stage) -> str:

@@ -1,0 +1,59 @@
+"""`wrpo demo` end to end at a small size: the zoo, the recipe run, the evaluation, report and plots."""
+
+import json
+
+import pytest
+from wrpo.demo.run import DemoSize, run_demo
+from wrpo.demo.tasks import TASKS, answer, make_prompt, reward
+from wrpo.demo.zoo import SOURCES, TARGET, styled_answer
+from wrpo.evaluation.compare import win_rate
+
+SMALL = DemoSize(prompts=60, eval_prompts=16, zoo_steps=30, sft_steps=10, wrpo_epochs=1)
+
+
+def test_task_answers_and_the_positional_reward():
+    assert answer("reverse: abc") == "cba" and answer("sort: 3121") == "1123"
+    assert answer("double: ab") == "aabb" and answer("rotate: abcd") == "bcda"
+    assert reward("reverse: abcde", "edcba") == 1.0
+    assert reward("reverse: abcde", "edcba.") == pytest.approx(5 / 6)  # a style tic costs a little
+    assert reward("reverse: abcde", "abcde") == pytest.approx(1 / 5)   # repeating the input, little
+    assert reward("rotate: abcd", "") == 0.0
+
+
+def test_sources_are_specialists_with_style_tics_and_the_target_only_repeats():
+    covered = {task for model in SOURCES for task in model.tasks}
+    assert covered == set(TASKS)
+    assert len({m.architecture for m in (*SOURCES, TARGET)}) == 4 and len({m.tokenizer for m in (*SOURCES, TARGET)}) == 4
+    assert styled_answer(SOURCES[0], "reverse: abc") == "cba." and styled_answer(TARGET, "reverse: abc") == "abc"
+
+
+def test_win_rate_counts_ties_half_and_brackets_the_rate():
+    model = {"a": 1.0, "b": 0.5, "c": 0.2, "d": 0.9}
+    baseline = {"a": 0.0, "b": 0.5, "c": 0.7, "d": 0.1}
+    result = win_rate(model, baseline, resamples=500)
+    assert result.rate == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert (result.wins, result.ties, result.losses) == (2, 1, 1)
+    assert 0 <= result.low <= result.rate <= result.high <= 1
+
+
+def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path):
+    output = tmp_path / "demo"
+    report = run_demo(output, seed=0, cache_dir=tmp_path / "cache", ablation=True, size=SMALL, ablation_seeds=(0, 1))
+    saved = json.loads((output / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    labels = {"target", "target-sft", "target-sft-wrpo", *(f"source/{m.name}" for m in SOURCES)}
+    assert set(saved["models"]) == labels
+    for values in saved["models"].values():
+        assert 0 <= values["mean_reward"] <= 1 and set(values["per_task"]) == set(TASKS)
+    assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
+    ablation = saved["ablation"]["models"]
+    assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-1-source",
+            "wrpo-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
+    assert all(len(values["per_seed"]) == 2 for values in ablation.values())
+    for picture in ("per_task_reward.png", "training.png", "ablation_per_task_reward.png", "ablation_training.png"):
+        assert (output / picture).read_bytes()[:4] == b"\x89PNG"
+    assert "| target-sft-wrpo vs target-sft |" in (output / "report.md").read_text()
+    # The zoo is saved like real checkpoints, and a second run finds everything done.
+    assert (tmp_path / "cache" / "zoo-v2-30steps" / TARGET.name / "tokenizer.json").exists()
+    again = run_demo(output, seed=0, cache_dir=tmp_path / "cache", size=SMALL)
+    assert again["models"] == saved["models"]
