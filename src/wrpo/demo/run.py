@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,23 +111,40 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
     folders = {}
     for label, (overrides, data) in runs.items():
         folder = variants_dir / label
-        if not (folder / "model.safetensors").exists():
+        run_settings = {**settings, **overrides, "data": str(data)}
+        if not _trained(folder, run_settings):
             console.print(f"[bold]ablation seed {seed}[/]: {label}")
             train(str(target_sft), data, WRPOConfig(output_dir=str(folder), **{**settings, **overrides}))
+            _mark_trained(folder, run_settings)
         folders[label] = folder
 
-    # The sceptic's baseline: the same number of steps of plain SFT on the preference prompts' y_ws.
+    # The sceptic's baseline: plain SFT continued on the preference prompts' y_ws, with the SFT
+    # stage's settings, for as many steps of the same batch size as WRPO takes.
     folder = variants_dir / "target-sft-sft"
-    if not (folder / "model.safetensors").exists():
+    sft_settings = {**SFT_SETTINGS, "seed": seed, "max_steps": steps,
+                    "per_device_train_batch_size": WRPO_SETTINGS["per_device_train_batch_size"]}
+    if not _trained(folder, sft_settings):
         console.print(f"[bold]ablation seed {seed}[/]: target-sft-sft")
         rows = write_jsonl_atomically(variants_dir / "sft-on-preference-prompts.jsonl", [
             {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["source_responses"][0]["text"]}
             for _, row in read_preference_prompts(preference)])
-        sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(folder), **{**SFT_SETTINGS, "seed": seed,
-                                                                            "max_steps": steps,
-                                                                            "learning_rate": WRPO_SETTINGS["learning_rate"]}))
+        sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(folder), **sft_settings))
+        _mark_trained(folder, sft_settings)
     folders["target-sft-sft"] = folder
     return folders
+
+
+def _trained(folder: Path, settings: dict) -> bool:
+    """Whether `folder` holds a model trained with `settings`; a stale one is removed."""
+    marker = folder / "demo-settings.json"
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def _mark_trained(folder: Path, settings: dict) -> None:
+    (folder / "demo-settings.json").write_text(json.dumps(settings, sort_keys=True))
 
 
 def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: str | Path | None = None,
