@@ -1,6 +1,7 @@
 """`wrpo demo` end to end at a small size: the zoo, the recipe run, the evaluation, report and plots."""
 
 import json
+from pathlib import Path
 
 import pytest
 from wrpo.demo.run import DemoSize, run_demo
@@ -36,8 +37,9 @@ def test_win_rate_counts_ties_half_and_brackets_the_rate():
     assert 0 <= result.low <= result.rate <= result.high <= 1
 
 
-def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path):
-    output = tmp_path / "demo"
+def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    output = Path("demo")  # relative, as `make demo` gives it
     report = run_demo(output, seed=0, cache_dir=tmp_path / "cache", ablation=True, size=SMALL, ablation_seeds=(0, 1))
     saved = json.loads((output / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))

@@ -72,7 +72,7 @@ def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, s
 
 def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSize) -> Path:
     """The recipe of one seed, run (or resumed) in output_dir/run-seed{seed}; returns its workdir."""
-    run_dir = output_dir / f"run-seed{seed}"
+    run_dir = (output_dir / f"run-seed{seed}").resolve()  # the recipe reads relative paths from its own folder
     run_dir.mkdir(parents=True, exist_ok=True)
     prompts = write_jsonl_atomically(run_dir / "prompts.jsonl", prompt_rows(size.prompts, list(TASKS), seed, "train"))
     recipe = run_dir / "recipe.yaml"
