@@ -52,7 +52,8 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
     assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-1-source",
             "wrpo-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
     assert all(len(values["per_seed"]) == 2 for values in ablation.values())
-    for picture in ("per_task_reward.png", "training.png", "ablation_per_task_reward.png", "ablation_training.png"):
+    for picture in ("per_task_reward.png", "training.png", "win_rates.png", "rewards.png", "ablation_per_task_reward.png",
+                    "ablation_training.png"):
         assert (output / picture).read_bytes()[:4] == b"\x89PNG"
     assert "| target-sft-wrpo vs target-sft |" in (output / "report.md").read_text()
     # The zoo is saved like real checkpoints, and a second run finds everything done.

@@ -1,6 +1,8 @@
 """Prompt files: the input of sampling. One row per prompt with "prompt" (text, a message or a list
 of messages) and optionally "prompt_id"; rows without an id get a stable one from their prompt.
-Any other fields (a category, say) are kept in "meta"."""
+Any other fields (a category, say) are kept in "meta". Benchmark question files (MT-Bench's and
+Arena-Hard's "question_id" and "turns") are read as they are: the first turn is the prompt, and
+the turns stay in meta for multi-turn answering."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ def read_prompts(path: str | Path) -> list[PromptRow]:
     first_line: dict[str, int] = {}
     for line, row in read_rows(path):
         fail = row_failer(path, line)
+        if "prompt" not in row and isinstance(row.get("turns"), list) and row["turns"]:
+            # A benchmark's question file (MT-Bench, Arena-Hard): the first turn is the prompt.
+            turns = [t["content"] if isinstance(t, dict) else t for t in row["turns"]]
+            row = {**row, "prompt": turns[0], "turns": turns, "prompt_id": row.get("question_id", row.get("prompt_id"))}
         prompt = parse_prompt(field_of(row, "prompt", fail), fail)
         prompt_id = str(row["prompt_id"]) if row.get("prompt_id") is not None else stable_prompt_id(prompt)
         if prompt_id in first_line:

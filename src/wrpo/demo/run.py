@@ -27,8 +27,8 @@ from wrpo.data.construct import build_pairs, read_preference_prompts
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.demo.tasks import TASKS, prompt_rows
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
-from wrpo.evaluation.compare import GREEDY, ModelResult, evaluate_model, win_rate
-from wrpo.evaluation.plots import per_task_bars, training_curves
+from wrpo.evaluation.compare import ModelResult, compare, evaluate_model
+from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.generation.backends import SamplingSettings
 from wrpo.pipeline.run import run_recipe
 from wrpo.progress import console
@@ -159,13 +159,14 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
               "target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo"}
     results = evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}")
-    wrpo_rewards = results["target-sft-wrpo"].rewards
+    comparisons = [compare(results["target-sft-wrpo"], results[baseline]) for baseline in ("target", "target-sft")]
     report = {
         "seed": seed, "tasks": list(TASKS), "train_prompts": size.prompts, "eval_prompts": size.eval_prompts,
         "models": {label: result.as_dict() for label, result in results.items()},
-        "win_rates": {f"target-sft-wrpo vs {baseline}": win_rate(wrpo_rewards, results[baseline].rewards).as_dict()
-                      for baseline in ("target", "target-sft")},
+        "win_rates": {f"{c.model} vs {c.baseline}": c.as_dict() for c in comparisons},
     }
+    win_rate_bars(comparisons, output_dir / "win_rates.png", "target-sft-wrpo, judged by the task reward")
+    reward_distributions(results, output_dir / "rewards.png")
     per_task_bars({label: {**r.per_category, "mean": r.mean_reward} for label, r in results.items()},
                   output_dir / "per_task_reward.png", f"held-out reward per task (seed {seed})")
     training_curves({"target-sft-wrpo": work / "models" / "target-sft-wrpo" / "metrics.jsonl"},
@@ -220,11 +221,12 @@ def render_report(report: dict) -> str:
     for label, values in report["models"].items():
         lines.append(f"| {label} | {values['mean_reward']:.3f} | "
                      + " | ".join(f"{values['per_task'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
-    lines += ["", "| comparison | win rate | 95% CI | wins / ties / losses |", "|---|---|---|---|"]
+    lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |", "|---|---|---|---|---|"]
     for name, value in report["win_rates"].items():
         lines.append(f"| {name} | {value['win_rate']:.3f} | {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f} | "
-                     f"{value['wins']} / {value['ties']} / {value['losses']} |")
-    lines += ["", "![per-task reward](per_task_reward.png)", "", "![training](training.png)", ""]
+                     f"{value['lc_win_rate']:.3f} | {value['wins']} / {value['ties']} / {value['losses']} |")
+    lines += ["", "![per-task reward](per_task_reward.png)", "", "![win rates](win_rates.png)", "",
+              "![rewards](rewards.png)", "", "![training](training.png)", ""]
     if "ablation" in report:
         ablation = report["ablation"]
         lines += [f"## Ablation (seeds {', '.join(map(str, ablation['seeds']))}, mean ± std)", "",

@@ -1,7 +1,8 @@
 """Reward-judged comparison of models on held-out prompts: answers, rewards, win rates.
 
 Answers come from `wrpo sample` (greedy by default) and rewards from `wrpo score`, so evaluation is
-as resumable as the pipeline and a judge is anything `wrpo score` accepts.
+as resumable as the pipeline, and a judge is anything `wrpo score` accepts. A row the judge fails
+on is reported and left out; the others are kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from wrpo.data.prompts import read_prompts
 from wrpo.data.records import read_rows
+from wrpo.evaluation.length_control import length_controlled_win_rate
 from wrpo.generation.backends import SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.pipeline.fingerprint import path_fingerprint
@@ -26,12 +28,19 @@ GREEDY = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=512)
 @dataclass
 class ModelResult:
     label: str
-    rewards: dict[str, float]                      # prompt_id -> reward of the (first) answer
+    rewards: dict[str, float]                                 # prompt_id -> reward of the (first) answer
     categories: dict[str, str] = field(default_factory=dict)  # prompt_id -> category
+    answers: dict[str, str] = field(default_factory=dict)     # prompt_id -> answer
+    failures: list[str] = field(default_factory=list)         # the judge's errors, one per failed row
+    answers_file: Path | None = None
 
     @property
     def mean_reward(self) -> float:
         return statistics.fmean(self.rewards.values())
+
+    @property
+    def mean_length(self) -> float:
+        return statistics.fmean(len(self.answers[p]) for p in self.rewards)
 
     @property
     def per_category(self) -> dict[str, float]:
@@ -41,7 +50,8 @@ class ModelResult:
         return {category: statistics.fmean(values) for category, values in sorted(grouped.items())}
 
     def as_dict(self) -> dict:
-        return {"mean_reward": self.mean_reward, "per_task": self.per_category}
+        return {"mean_reward": self.mean_reward, "per_task": self.per_category, "mean_length": self.mean_length,
+                "judged": len(self.rewards), "judge_failures": len(self.failures)}
 
 
 @dataclass(frozen=True)
@@ -60,22 +70,54 @@ class WinRate:
                 "losses": self.losses}
 
 
-def win_rate(model: dict[str, float], baseline: dict[str, float], resamples: int = 2000, seed: int = 0,
-             tolerance: float = 1e-9) -> WinRate:
-    shared = sorted(set(model) & set(baseline))
-    if not shared:
-        raise ValueError("the two models share no prompt")
-    outcomes = [1.0 if model[p] > baseline[p] + tolerance else 0.0 if model[p] < baseline[p] - tolerance else 0.5
-                for p in shared]
+def outcomes(model: dict[str, float], baseline: dict[str, float], tolerance: float = 1e-9) -> dict[str, float]:
+    """prompt_id -> 1 (model's reward higher), 0.5 (equal) or 0, over the prompts both have."""
+    return {p: 1.0 if model[p] > baseline[p] + tolerance else 0.0 if model[p] < baseline[p] - tolerance else 0.5
+            for p in sorted(set(model) & set(baseline))}
+
+
+def win_rate(model: dict[str, float], baseline: dict[str, float], resamples: int = 2000, seed: int = 0) -> WinRate:
+    results = list(outcomes(model, baseline).values())
+    if not results:
+        raise ValueError("the two models share no judged prompt")
     rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(outcomes, k=len(outcomes))) for _ in range(resamples))
-    return WinRate(rate=statistics.fmean(outcomes), low=means[int(0.025 * resamples)],
-                   high=means[int(0.975 * resamples) - 1], wins=outcomes.count(1.0), ties=outcomes.count(0.5),
-                   losses=outcomes.count(0.0))
+    means = sorted(statistics.fmean(rng.choices(results, k=len(results))) for _ in range(resamples))
+    return WinRate(rate=statistics.fmean(results), low=means[int(0.025 * resamples)],
+                   high=means[int(0.975 * resamples) - 1], wins=results.count(1.0), ties=results.count(0.5),
+                   losses=results.count(0.0))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    model: str
+    baseline: str
+    overall: WinRate
+    length_controlled: float
+    per_category: dict[str, WinRate]
+
+    def as_dict(self) -> dict:
+        return {**self.overall.as_dict(), "lc_win_rate": self.length_controlled,
+                "per_category": {c: w.as_dict() for c, w in self.per_category.items()}}
+
+
+def compare(model: ModelResult, baseline: ModelResult) -> Comparison:
+    """Win rate (with interval), length-controlled win rate and per-category win rates."""
+    results = outcomes(model.rewards, baseline.rewards)
+    differences = [len(model.answers[p]) - len(baseline.answers[p]) for p in results]
+    by_category = defaultdict(list)
+    for prompt_id in results:
+        by_category[model.categories.get(prompt_id, "all")].append(prompt_id)
+    per_category = {}
+    if len(by_category) > 1:
+        for category, prompt_ids in sorted(by_category.items()):
+            per_category[category] = win_rate({p: model.rewards[p] for p in prompt_ids}, baseline.rewards)
+    return Comparison(model=model.label, baseline=baseline.label, overall=win_rate(model.rewards, baseline.rewards),
+                      length_controlled=length_controlled_win_rate(list(results.values()), differences),
+                      per_category=per_category)
 
 
 def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, output_dir: str | Path,
-                   settings: SamplingSettings = GREEDY, batch_size: int = 64) -> ModelResult:
+                   settings: SamplingSettings = GREEDY, batch_size: int = 64, trust_remote_code: bool = False) -> ModelResult:
     """Answers the prompts with `model`, scores them with `judge`; files go to output_dir/{answers,scores},
     named by the label and a fingerprint of the model, prompts and judge, so a retrained model or a
     changed judge is never judged by stale files."""
@@ -83,7 +125,15 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, outp
     key = hashlib.sha256("".join(path_fingerprint(str(p)) for p in (model, prompts, judge)).encode()).hexdigest()[:12]
     answers = sample(model, prompts, output_dir / "answers" / f"{label}-{key}.jsonl", settings, batch_size=batch_size,
                      name=label)
-    scored = score([answers], judge, output_dir / "scores" / f"{label}-{key}.jsonl", batch_size=batch_size)
+    scored = score([answers], judge, output_dir / "scores" / f"{label}-{key}.jsonl", batch_size=batch_size,
+                   trust_remote_code=trust_remote_code, skip_failures=True)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
-    rewards = {str(row["prompt_id"]): float(row["scores"][0]) for _, row in read_rows(scored)}
-    return ModelResult(label=label, rewards=rewards, categories=categories)
+    result = ModelResult(label=label, rewards={}, categories=categories, answers_file=answers)
+    for _, row in read_rows(scored):
+        prompt_id = str(row["prompt_id"])
+        result.answers[prompt_id] = row["responses"][0]
+        if row["scores"] is None:
+            result.failures.append(row["error"])
+        else:
+            result.rewards[prompt_id] = float(row["scores"][0])
+    return result

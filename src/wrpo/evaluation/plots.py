@@ -53,3 +53,42 @@ def training_curves(metrics_files: dict[str, str | Path], path: str | Path,
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return Path(path)
+
+
+def win_rate_bars(comparisons: list, path: str | Path, title: str) -> Path:
+    """Win rate of each comparison with its 95% interval, and the length-controlled rate as a dot."""
+    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(comparisons) + 2), 4))
+    names = [f"{c.model}\nvs {c.baseline}" for c in comparisons]
+    rates = [c.overall.rate for c in comparisons]
+    spread = [[c.overall.rate - c.overall.low for c in comparisons], [c.overall.high - c.overall.rate for c in comparisons]]
+    axes.bar(names, rates, yerr=spread, capsize=4, label="win rate (95% CI)")
+    axes.scatter(names, [c.length_controlled for c in comparisons], color="black", zorder=3, label="length-controlled")
+    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("win rate (ties count half)")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def reward_distributions(results: dict, path: str | Path) -> Path:
+    """A histogram of per-prompt rewards of each model, and their length against reward."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, result in results.items():
+        values = list(result.rewards.values())
+        left.hist(values, bins=20, histtype="step", label=label)
+        right.scatter([len(result.answers[p]) for p in result.rewards], values, s=6, alpha=0.5, label=label)
+    left.set_xlabel("reward")
+    left.set_ylabel("prompts")
+    left.set_title("reward distribution")
+    right.set_xlabel("answer length (characters)")
+    right.set_ylabel("reward")
+    right.set_title("length against reward")
+    left.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)

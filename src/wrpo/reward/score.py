@@ -30,10 +30,11 @@ def read_sample_rows(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, batch_size: int = 16,
-          trust_remote_code: bool = False, device: str | None = None) -> Path:
+          trust_remote_code: bool = False, device: str | None = None, skip_failures: bool = False) -> Path:
     """Writes each input row with "scores" (one per response) to `output`. A scorer that raises or
     returns a non-finite number stops the run with an error naming the row; every row scored before
-    it is kept, and a rerun continues from there."""
+    it is kept, and a rerun continues from there. With skip_failures, such a row is written with
+    "scores": null and its "error" instead, and scoring goes on."""
     writer = ResumableJsonl(output, key=lambda row: f"{row['model']}\t{row['prompt_id']}")
     if writer.complete:
         console.print(f"{output} is complete: nothing to score")
@@ -58,7 +59,12 @@ def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, b
                 scored = _score_batch(batch, score_rows)
                 if scored is None:  # one row at a time, so every row before a bad one is kept
                     for path, line, row in batch:
-                        writer.append([_score_row(path, line, row, score_rows)])
+                        try:
+                            writer.append([_score_row(path, line, row, score_rows)])
+                        except InputError as error:
+                            if not skip_failures:
+                                raise
+                            writer.append([{**row, "scores": None, "error": str(error)}])
                 else:
                     writer.append(scored)
                 progress.advance(task, len(batch))

@@ -1,0 +1,107 @@
+"""`wrpo eval`: win rates, the length-controlled win rate, per-category figures, reports and exports."""
+
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import WORDS, write_jsonl
+from wrpo.cli import app
+from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_model
+from wrpo.evaluation.length_control import length_controlled_win_rate
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-models")
+    corpus = [f"reverse {w} {w[::-1]}" for w in WORDS * 5]
+    return {"char": save_tiny_model(root / "char", build_char_tokenizer(), "llama", seed=4),
+            "bpe": save_tiny_model(root / "bpe", build_bpe_tokenizer(corpus, 300), "qwen2", seed=5)}
+
+
+def test_the_length_controlled_win_rate_removes_a_win_explained_by_length():
+    rng = random.Random(0)
+    differences = [rng.uniform(-100, 100) for _ in range(2000)]
+    # Outcomes driven by length alone: the longer answer wins.
+    by_length = [1.0 if d > 0 else 0.0 for d in differences]
+    assert length_controlled_win_rate(by_length, differences) == pytest.approx(0.5, abs=0.05)
+    # Outcomes unrelated to length: the LC rate is the plain rate.
+    plain = [1.0 if rng.random() < 0.7 else 0.0 for _ in differences]
+    assert length_controlled_win_rate(plain, differences) == pytest.approx(sum(plain) / len(plain), abs=0.04)
+
+
+def prompts_with_categories(path):
+    return write_jsonl(path, [{"prompt": f"reverse {w}", "category": "short" if len(w) < 5 else "long"} for w in WORDS])
+
+
+def test_eval_reports_win_rates_per_category_and_writes_plots(models, tmp_path):
+    prompts = prompts_with_categories(tmp_path / "p.jsonl")
+    result = CliRunner().invoke(app, ["eval", "--models", f"{models['char']},other={models['bpe']}", "--baseline",
+                                      "other", "--prompts", str(prompts), "--judge", "scorers:reversal_similarity",
+                                      "--output", str(tmp_path / "out"), "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["baseline"] == "other" and set(report["models"]) == {"char", "other"}
+    comparison = report["comparisons"]["char"]
+    assert 0 <= comparison["ci95"][0] <= comparison["win_rate"] <= comparison["ci95"][1] <= 1
+    assert comparison["wins"] + comparison["ties"] + comparison["losses"] == len(WORDS)
+    assert 0 < comparison["lc_win_rate"] < 1 and set(comparison["per_category"]) == {"short", "long"}
+    assert report["models"]["char"]["mean_length"] >= 0
+    for picture in ("win_rates.png", "rewards.png"):
+        assert (tmp_path / "out" / picture).read_bytes()[:4] == b"\x89PNG"
+    assert "| char |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_judge_that_fails_on_a_row_names_it_and_the_others_are_kept(models, tmp_path):
+    prompts = prompts_with_categories(tmp_path / "p.jsonl")
+    result = CliRunner().invoke(app, ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]),
+                                      "--prompts", str(prompts), "--judge", "scorers:fails_on_grape",
+                                      "--output", str(tmp_path / "out"), "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["models"]["char"]["judged"] == len(WORDS) - 1
+    (failure,) = report["judge_failures"]["char"]
+    assert "cannot score grapes" in failure and ".jsonl:" in failure
+
+
+def test_exports_follow_the_public_judges_formats(models, tmp_path):
+    # An MT-Bench question file as FastChat ships it: int ids, two turns.
+    questions = write_jsonl(tmp_path / "question.jsonl", [
+        {"question_id": 81 + i, "category": "writing", "turns": [f"reverse {w}", f"now reverse {w[::-1]}"]}
+        for i, w in enumerate(WORDS[:4])])
+    result = CliRunner().invoke(app, ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]),
+                                      "--prompts", str(questions), "--judge", "scorers:reversal_similarity",
+                                      "--output", str(tmp_path / "out"), "--max-new-tokens", "6",
+                                      "--export", "alpaca_eval,arena_hard,mt_bench"])
+    assert result.exit_code == 0, result.output
+    exports = tmp_path / "out" / "exports"
+
+    alpaca = json.loads((exports / "alpaca_eval" / "char.json").read_text())
+    assert isinstance(alpaca, list) and len(alpaca) == 4
+    for row in alpaca:
+        assert set(row) == {"instruction", "output", "generator", "dataset"}
+        assert all(isinstance(value, str) for value in row.values()) and row["generator"] == "char"
+    assert alpaca[0]["instruction"] == f"reverse {WORDS[0]}"
+
+    for name, turn_type in (("arena_hard", dict), ("mt_bench", str)):
+        rows = [json.loads(line) for line in (exports / name / "char.jsonl").read_text().splitlines()]
+        assert len(rows) == 4
+        for row in rows:
+            assert set(row) == {"question_id", "answer_id", "model_id", "choices", "tstamp"}
+            assert isinstance(row["question_id"], int) and isinstance(row["answer_id"], str)
+            assert row["model_id"] == "char" and isinstance(row["tstamp"], float)
+            (choice,) = row["choices"]
+            assert choice["index"] == 0 and all(isinstance(turn, turn_type) for turn in choice["turns"])
+        if name == "arena_hard":
+            assert set(rows[0]["choices"][0]["turns"][0]) == {"content", "token_len"}
+            assert isinstance(rows[0]["choices"][0]["turns"][0]["token_len"], int)
+        else:
+            assert all(len(row["choices"][0]["turns"]) == 2 for row in rows)  # both turns answered
+
+
+def test_unknown_export_format_is_a_one_line_error(models, tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]),
+                                      "--prompts", str(prompts_with_categories(tmp_path / "p.jsonl")),
+                                      "--judge", "scorers:reversal_similarity", "--export", "helm"])
+    assert result.exit_code == 2 and result.stderr == "error: --export knows alpaca_eval, arena_hard, mt_bench, not helm\n"
