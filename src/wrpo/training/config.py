@@ -8,6 +8,7 @@ on when the GPU has it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,16 @@ from wrpo.losses import LOSSES
 from wrpo.training.schedules import ALPHA_SCHEDULES
 
 logger = logging.get_logger(__name__)
+
+
+def apply_cpu_defaults(args: TrainingArguments) -> None:
+    """Settings a machine without CUDA needs, applied before TrainingArguments resolves its device."""
+    if torch.cuda.is_available():
+        return
+    args.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Launched as several processes (torchrun): accelerate joins them over gloo only with use_cpu.
+        args.use_cpu = True
 
 
 @dataclass
@@ -64,8 +75,7 @@ class WRPOConfig(TrainingArguments):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader
+        apply_cpu_defaults(self)
         checks = [
             (self.beta > 0, f"beta must be positive, got {self.beta}"),
             (0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha}"),

@@ -16,6 +16,7 @@ from wrpo.data.tokenize import as_messages
 from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.training.callbacks import MetricsFileCallback
+from wrpo.training.config import apply_cpu_defaults
 from wrpo.training.run import fit_and_save
 
 
@@ -42,8 +43,7 @@ class WRPOSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False
+        apply_cpu_defaults(self)
         super().__post_init__()
 
 
