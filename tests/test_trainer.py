@@ -99,3 +99,24 @@ def test_config_rejects_bad_settings(tmp_path):
                                ({"max_prompt_length": 0}, "max_prompt_length must be at least 1")]:
         with pytest.raises(ValueError, match=message):
             config(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_lora_trains_only_adapters_against_the_base_with_adapters_disabled(tiny_model, native_data, tmp_path, precompute):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    train(str(tiny_model), native_data, config(out, lora_r=4, lora_target_modules="q_proj,v_proj",
+                                               precompute_ref_logps=precompute))
+    assert (out / "adapter_config.json").exists()
+    first = read_metrics(out)[0]
+    assert first["rewards/margins"] == 0 and first["loss"] == pytest.approx(0.6931, abs=1e-4)
+    assert read_metrics(out)[-1]["rewards/margins"] > 0
+
+    merged = tmp_path / "merged"
+    train(str(tiny_model), native_data, config(merged, lora_r=4, merge_lora=True))
+    assert not (merged / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tuned = AutoModelForCausalLM.from_pretrained(merged)
+    changed = {name for (name, p), q in zip(base.named_parameters(), tuned.parameters()) if not torch.equal(p, q)}
+    assert changed and all("proj" in name for name in changed)  # adapters merged into linear layers only

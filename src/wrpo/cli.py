@@ -51,6 +51,10 @@ def train(
     logging_steps: int = typer.Option(None, help="Log every N steps [1]."),
     save_steps: int = typer.Option(None, help="Checkpoint every N steps [100]."),
     seed: int = typer.Option(None, help="Random seed [42]."),
+    lora_r: int = typer.Option(None, help="LoRA rank (peft); 0 trains every weight [0]."),
+    lora_alpha: int = typer.Option(None, help="LoRA alpha [16]."),
+    lora_target_modules: str = typer.Option(None, help="'all-linear' or comma-separated module names [all-linear]."),
+    merge_lora: bool = typer.Option(None, "--merge-lora/--no-merge-lora", help="Save with adapters merged [no]."),
     resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint in --output [resume]."),
     config: Path = typer.Option(None, help="YAML file of settings (flag names or WRPOConfig fields); flags override it."),
 ):

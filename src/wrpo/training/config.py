@@ -58,6 +58,12 @@ class WRPOConfig(TrainingArguments):
                 "0 computes the model's full logits (the naive way)."})
     disable_dropout: bool = field(default=True, metadata={
         "help": "Turn dropout off in the policy, so that its rewards are those of the reference at step 0."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (peft); 0 trains every weight."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Modules that get adapters: 'all-linear' or comma-separated names (q_proj,v_proj)."})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "Save the model with the adapters merged into its weights instead of the adapters alone."})
     reference_cache_dir: str | None = field(default=None, metadata={
         "help": "Folder for cached reference log-probs; `wrpo train` uses DATA.wrpo-cache beside the data."})
 
@@ -87,6 +93,8 @@ class WRPOConfig(TrainingArguments):
             (self.max_prompt_length < self.max_length,
              f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"),
             (self.top_k_sources >= 1, f"top_k_sources must be at least 1, got {self.top_k_sources}"),
+            (self.lora_r >= 0, f"lora_r must be 0 (no LoRA) or positive, got {self.lora_r}"),
+            (self.lora_r > 0 or not self.merge_lora, "merge_lora needs lora_r > 0"),
             (self.source_weighting in ("uniform", "score"),
              f"source_weighting must be uniform or score, got {self.source_weighting!r}"),
         ]

@@ -34,12 +34,31 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
     # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
     # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
     policy = load_causal_lm(model, dtype=torch.float32)
+    if config.lora_r > 0:
+        policy = with_lora(policy, config)
     # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
     needs_reference = ref_model is not None and config.loss not in REFERENCE_FREE
     trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
                           ref_model=load_causal_lm(ref_model, dtype=torch.float32) if needs_reference else None,
                           callbacks=list(callbacks))
-    return fit_and_save(trainer, output_dir, resume)
+    fit_and_save(trainer, output_dir, resume)
+    if config.merge_lora and trainer.is_world_process_zero():
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(output_dir)
+        (output_dir / "adapter_config.json").unlink(missing_ok=True)
+        (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
+    return output_dir
+
+
+def with_lora(model, config):
+    """The model with LoRA adapters (peft); only the adapters train. The reference is the model
+    with its adapters disabled, so no second copy is kept."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
+    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,
+                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
 
 
 def fit_and_save(trainer, output_dir: Path, resume: bool) -> Path:

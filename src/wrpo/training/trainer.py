@@ -35,7 +35,10 @@ class WRPOTrainer(Trainer):
             pad_id = processing_class.eos_token_id or 0
         collator = data_collator or QuadrupleCollator(pad_id, args.source_weighting, args.share_prompt)
         needs_reference = args.loss not in REFERENCE_FREE
-        if needs_reference and not args.precompute_ref_logps and ref_model is None:
+        # A LoRA policy is its own reference with the adapters disabled: no copy needed.
+        self.reference_is_disabled_adapters = needs_reference and ref_model is None and hasattr(model, "disable_adapter")
+        if needs_reference and not args.precompute_ref_logps and ref_model is None \
+                and not self.reference_is_disabled_adapters:
             # The reference is the starting policy, frozen: copy it before training moves it.
             ref_model = copy.deepcopy(model)
         super().__init__(
@@ -58,7 +61,7 @@ class WRPOTrainer(Trainer):
             # Before any checkpoint is loaded, the policy is the starting model: it serves as the
             # reference itself unless another was given, and no copy is made.
             self._attach_reference_logps(ref_model.to(self.args.device) if ref_model is not None else self.model)
-        elif needs_reference:
+        elif needs_reference and ref_model is not None:
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -107,6 +110,9 @@ class WRPOTrainer(Trainer):
         num_sources = inputs["source_weights"].shape[1]
         if "reference_logps" in inputs:
             return split_responses(inputs["reference_logps"].reshape(-1), num_sources)
+        if self.ref_model is None and self.reference_is_disabled_adapters:
+            with self.accelerator.unwrap_model(self.model).disable_adapter(), torch.no_grad():
+                return self._response_logps(self.model, inputs)[0]
         if self.ref_model is None:
             if self.args.loss in REFERENCE_FREE:
                 return None
