@@ -89,7 +89,7 @@ def test_bad_input_ends_with_one_line_naming_the_file_and_exit_status_2(tiny_mod
     assert result.stderr.startswith("error: ") and expected in result.stderr
 
 @pytest.mark.parametrize("command", [[], ["train"], ["sft"], ["sample"], ["score"], ["build"], ["build", "sft"],
-                                     ["build", "pairs"], ["run"], ["demo"]])
+                                     ["build", "pairs"], ["run"], ["demo"], ["eval"], ["merge"]])
 def test_every_command_has_help(command):
     shown = run(*command, "--help")
     assert shown.exit_code == 0 and "Usage" in shown.output

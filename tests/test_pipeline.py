@@ -399,3 +399,17 @@ def test_a_bad_recipe_names_the_file_line_and_setting(tmp_path):
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2
     assert result.stderr == f"error: {recipe}:7: sources.1.backend: Input should be 'hf' or 'vllm'\n"
+
+
+def test_sharded_sampling_and_scoring_merge_into_the_whole(zoo, tmp_path):
+    prompts = prompts_file(tmp_path / "p.jsonl")
+    shards = [sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", TINY, shard=(i, 2)) for i in range(2)]
+    result = CliRunner().invoke(app, ["merge", *map(str, shards), "--output", str(tmp_path / "all.jsonl")])
+    assert result.exit_code == 0, result.output
+    merged = read(tmp_path / "all.jsonl")
+    assert sorted(r["prompt_id"] for r in merged) == sorted(f"w{i}" for i in range(len(WORDS)))
+    scored = [score([tmp_path / "all.jsonl"], "scorers:reversal_similarity", tmp_path / f"c{i}.jsonl", shard=(i, 3))
+              for i in range(3)]
+    assert sum(len(read(path)) for path in scored) == len(WORDS)
+    twice = CliRunner().invoke(app, ["merge", str(shards[0]), str(shards[0]), "--output", str(tmp_path / "x.jsonl")])
+    assert twice.exit_code == 2 and "is also at" in twice.stderr

@@ -22,6 +22,15 @@ def main() -> None:
     logging.disable_progress_bar()
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from wrpo.generation.sample import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
 def _fail(error: InputError) -> None:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(2)
@@ -121,15 +130,12 @@ def sample(
 ):
     """Sample n responses per prompt with the model's chat template; resumable."""
     from wrpo.generation.backends import BACKENDS, SamplingSettings
-    from wrpo.generation.sample import parse_shard, sample as run_sample
+    from wrpo.generation.sample import sample as run_sample
 
     try:
         if backend not in BACKENDS:
             raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        try:
-            shard_of = parse_shard(shard)
-        except ValueError as error:
-            raise InputError(str(error)) from None
+        shard_of = _shard(shard)
         options = dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size) \
             if backend == "vllm" else {}
         written = run_sample(model, prompts, output, SamplingSettings(n, temperature, top_p, max_new_tokens, seed),
@@ -146,12 +152,29 @@ def score(
     output: Path = typer.Option(..., help="Output JSONL: the input rows with a 'scores' list."),
     batch_size: int = typer.Option(16, help="Responses per scoring batch."),
     trust_remote_code: bool = typer.Option(False, help="Run the reward model's own code (ArmoRM needs it)."),
+    shard: str = typer.Option("0/1", help="I/N: score only every N-th row, starting at the I-th."),
 ):
     """Score every sampled response with a reward model or a Python function; resumable."""
     from wrpo.reward.score import score as run_score
 
     try:
-        written = run_score(responses, reward_model, output, batch_size=batch_size, trust_remote_code=trust_remote_code)
+        written = run_score(responses, reward_model, output, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                            shard=_shard(shard))
+    except InputError as error:
+        _fail(error)
+    typer.echo(f"wrote {written}")
+
+
+@app.command()
+def merge(
+    inputs: list[Path] = typer.Argument(..., help="The shards' outputs of wrpo sample or wrpo score."),
+    output: Path = typer.Option(..., help="The merged JSONL."),
+):
+    """Join the outputs of --shard I/N runs of sample or score into one file (no row twice)."""
+    from wrpo.data.resumable import merge_jsonl
+
+    try:
+        written = merge_jsonl(inputs, output, key=lambda row: f"{row.get('model')}\t{row.get('prompt_id')}")
     except InputError as error:
         _fail(error)
     typer.echo(f"wrote {written}")

@@ -56,3 +56,21 @@ def write_jsonl_atomically(path: str | Path, rows: Iterable[dict]) -> Path:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     temporary.replace(path)
     return path
+
+
+def merge_jsonl(inputs, output: str | Path, key: Callable[[dict], str]) -> Path:
+    """Concatenates the shards of a stage (`--shard I/N` outputs) into one file, atomically; a key
+    found in two shards is an error naming both places."""
+    from wrpo.data.records import read_rows
+    from wrpo.errors import InputError
+
+    seen: dict[str, str] = {}
+    rows = []
+    for path in inputs:
+        for line, row in read_rows(path):
+            name = key(row)
+            if name in seen:
+                raise InputError(f"{name!r} is also at {seen[name]}", path, line)
+            seen[name] = f"{path}:{line}"
+            rows.append(row)
+    return write_jsonl_atomically(output, rows)

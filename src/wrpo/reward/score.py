@@ -30,19 +30,24 @@ def read_sample_rows(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, batch_size: int = 16,
-          trust_remote_code: bool = False, device: str | None = None, skip_failures: bool = False) -> Path:
+          trust_remote_code: bool = False, device: str | None = None, skip_failures: bool = False,
+          shard: tuple[int, int] = (0, 1)) -> Path:
     """Writes each input row with "scores" (one per response) to `output`. A scorer that raises or
     returns a non-finite number stops the run with an error naming the row; every row scored before
     it is kept, and a rerun continues from there. With skip_failures, such a row is written with
-    "scores": null and its "error" instead, and scoring goes on."""
+    "scores": null and its "error" instead, and scoring goes on. `shard` (I, N) scores every N-th
+    row of each input, starting at the I-th, for one of N processes; `wrpo merge` joins the shards."""
     writer = ResumableJsonl(output, key=lambda row: f"{row['model']}\t{row['prompt_id']}")
     if writer.complete:
         console.print(f"{output} is complete: nothing to score")
         return writer.output
     done = writer.done()
     todo, seen = [], {}
+    index, count = shard
     for path in responses:
-        for line, row in read_sample_rows(path):
+        for position, (line, row) in enumerate(read_sample_rows(path)):
+            if position % count != index:
+                continue
             key = writer.key(row)
             if key in seen:
                 raise InputError(f"model {row['model']!r} and prompt {row['prompt_id']!r} were already read at "
