@@ -49,8 +49,11 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
         assert 0 <= values["mean_reward"] <= 1 and set(values["per_task"]) == set(TASKS)
     assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
     ablation = saved["ablation"]["models"]
-    assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-1-source",
-            "wrpo-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
+    assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-y_ws-from-1-source",
+            "wrpo-y_ws-from-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
+    training = {json.loads(line)["prompt"] for s in (0, 1) for line in (output / f"run-seed{s}" / "prompts.jsonl").open()}
+    held_out = [json.loads(line)["prompt"] for line in (output / "eval_prompts.jsonl").open()]
+    assert len(set(held_out)) == len(held_out) == SMALL.eval_prompts and not training & set(held_out)
     assert all(len(values["per_seed"]) == 2 for values in ablation.values())
     for picture in ("per_task_reward.png", "training.png", "win_rates.png", "rewards.png", "ablation_per_task_reward.png",
                     "ablation_training.png"):

@@ -1,6 +1,7 @@
 """`wrpo eval`: win rates, the length-controlled win rate, per-category figures, reports and exports."""
 
 import json
+import math
 import random
 
 import pytest
@@ -31,6 +32,14 @@ def test_the_length_controlled_win_rate_removes_a_win_explained_by_length():
     assert length_controlled_win_rate(plain, differences) == pytest.approx(sum(plain) / len(plain), abs=0.04)
 
 
+def test_the_length_controlled_win_rate_is_not_made_up_where_lengths_cannot_tell():
+    rng = random.Random(1)
+    wins = [1.0 if rng.random() < 0.6 else 0.0 for _ in range(400)]
+    assert math.isnan(length_controlled_win_rate(wins, [3.0] * 400))               # always longer: no crash, n/a
+    assert math.isnan(length_controlled_win_rate(wins, [rng.gauss(200, 50) for _ in wins]))  # one-sided
+    assert length_controlled_win_rate(wins, [0.0] * 400) == pytest.approx(sum(wins) / 400)  # equal lengths
+
+
 def prompts_with_categories(path):
     return write_jsonl(path, [{"prompt": f"reverse {w}", "category": "short" if len(w) < 5 else "long"} for w in WORDS])
 
@@ -46,7 +55,9 @@ def test_eval_reports_win_rates_per_category_and_writes_plots(models, tmp_path):
     comparison = report["comparisons"]["char"]
     assert 0 <= comparison["ci95"][0] <= comparison["win_rate"] <= comparison["ci95"][1] <= 1
     assert comparison["wins"] + comparison["ties"] + comparison["losses"] == len(WORDS)
-    assert 0 < comparison["lc_win_rate"] < 1 and set(comparison["per_category"]) == {"short", "long"}
+    # Tiny random models: one may answer longer every time, which leaves the length control n/a.
+    assert math.isnan(comparison["lc_win_rate"]) or 0 < comparison["lc_win_rate"] < 1
+    assert set(comparison["per_category"]) == {"short", "long"}
     assert report["models"]["char"]["mean_length"] >= 0
     for picture in ("win_rates.png", "rewards.png"):
         assert (tmp_path / "out" / picture).read_bytes()[:4] == b"\x89PNG"
@@ -105,3 +116,35 @@ def test_unknown_export_format_is_a_one_line_error(models, tmp_path):
                                       "--prompts", str(prompts_with_categories(tmp_path / "p.jsonl")),
                                       "--judge", "scorers:reversal_similarity", "--export", "helm"])
     assert result.exit_code == 2 and result.stderr == "error: --export knows alpaca_eval, arena_hard, mt_bench, not helm\n"
+
+
+def test_models_sharing_a_folder_name_must_be_labelled(models, tmp_path):
+    from wrpo.errors import InputError
+    from wrpo.evaluation.run import parse_models, resolve_baseline
+
+    with pytest.raises(InputError, match="two models are labelled 'char'"):
+        parse_models(f"{models['char']},{tmp_path / 'char'}")
+    with pytest.raises(InputError, match="share the label 'char'"):
+        resolve_baseline({"char": str(models["char"])}, str(tmp_path / "char"))
+    assert resolve_baseline({"mine": str(models["char"])}, str(models["char"])) == ("mine", str(models["char"]))
+
+
+def test_cached_answers_follow_the_settings_and_a_new_judge_reuses_them(models, tmp_path):
+    prompts = prompts_with_categories(tmp_path / "p.jsonl")
+    command = ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]), "--prompts", str(prompts),
+               "--output", str(tmp_path / "out")]
+    assert CliRunner().invoke(app, [*command, "--judge", "scorers:reversal_similarity", "--max-new-tokens", "2"]).exit_code == 0
+    assert CliRunner().invoke(app, [*command, "--judge", "scorers:reversal_similarity", "--max-new-tokens", "9"]).exit_code == 0
+    assert len(list((tmp_path / "out" / "answers").glob("char-*.jsonl"))) == 2  # other settings, other answers
+    assert CliRunner().invoke(app, [*command, "--judge", "scorers:nan_on_grape", "--max-new-tokens", "9"]).exit_code == 0
+    assert len(list((tmp_path / "out" / "answers").glob("char-*.jsonl"))) == 2  # a new judge re-scores, no new answers
+    assert len(list((tmp_path / "out" / "scores").glob("char-*.jsonl"))) == 3
+
+
+def test_a_judge_failing_on_every_answer_is_a_one_line_error(models, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "reverse grape"}])
+    result = CliRunner().invoke(app, ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]),
+                                      "--prompts", str(prompts), "--judge", "scorers:fails_on_grape",
+                                      "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "the judge failed on every answer of char" in result.stderr

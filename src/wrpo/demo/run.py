@@ -8,13 +8,15 @@ held-out prompts by the same reward, and DIR/report.md, report.json and PNG plot
 
 With --ablation the pipeline runs for three seeds, and from each seed's target-sft the comparisons
 of the paper are trained on the same quadruples: DPO (alpha 0), WRPO with constant alpha, alpha
-fixed at 1, continued SFT on y_ws (same steps), and WRPO with 1, 2 and all sources.
+fixed at 1, continued SFT on y_ws (same steps), and WRPO whose y_ws come from 1 or 2 of the three
+sources (only the preference stage is restricted: target-sft learnt from all three).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -25,11 +27,12 @@ from rich.table import Table
 
 from wrpo.data.construct import build_pairs, read_preference_prompts
 from wrpo.data.resumable import write_jsonl_atomically
-from wrpo.demo.tasks import TASKS, prompt_rows
+from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
-from wrpo.evaluation.compare import ModelResult, compare, evaluate_model
+from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.generation.backends import SamplingSettings
+from wrpo.pipeline.fingerprint import path_fingerprint
 from wrpo.pipeline.run import run_recipe
 from wrpo.progress import console
 from wrpo.training.config import WRPOConfig
@@ -55,6 +58,18 @@ class DemoSize:
     zoo_steps: int = 600      # training steps of each zoo model
     sft_steps: int = SFT_SETTINGS["max_steps"]
     wrpo_epochs: float = WRPO_SETTINGS["num_train_epochs"]
+
+
+def heldout_rows(count: int, seed: int, training: set[str]) -> list[dict]:
+    """`count` distinct prompts, evenly over the tasks, none of them a training prompt."""
+    rng, rows, seen = random.Random(seed), [], set(training)
+    while len(rows) < count:
+        task = list(TASKS)[len(rows) % len(TASKS)]
+        prompt = make_prompt(task, rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            rows.append({"prompt_id": f"eval-{len(rows)}", "prompt": prompt, "category": task})
+    return rows
 
 
 def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, size: DemoSize) -> dict:
@@ -99,19 +114,20 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
         "wrpo-constant-alpha": ({"alpha_schedule": "constant"}, quadruples),
         "wrpo-alpha-1": ({"alpha": 1.0, "alpha_schedule": "constant"}, quadruples),
     }
+    # The scaling question, for the preference stage only: target-sft (shared) learnt from all sources.
     for count in (1, 2):
         kept = {model.name for model in SOURCES[:count]}
         subset_prompts = write_jsonl_atomically(variants_dir / f"preference-{count}-sources.jsonl", [
             {**row, "source_responses": [s for s in row["source_responses"] if s["model"] in kept]}
             for _, row in read_preference_prompts(preference)])
         subset = variants_dir / f"quadruples-{count}-sources.jsonl"
-        if not subset.exists():
-            build_pairs(subset_prompts, [work / "scores" / "target-sft.jsonl"], subset)
-        runs[f"wrpo-{count}-source{'s' if count > 1 else ''}"] = ({}, subset)
+        build_pairs(subset_prompts, [work / "scores" / "target-sft.jsonl"], subset)
+        runs[f"wrpo-y_ws-from-{count}-source{'s' if count > 1 else ''}"] = ({}, subset)
     folders = {}
+    start = path_fingerprint(str(target_sft))
     for label, (overrides, data) in runs.items():
         folder = variants_dir / label
-        run_settings = {**settings, **overrides, "data": str(data)}
+        run_settings = {**settings, **overrides, "start": start, "data": path_fingerprint(str(data))}
         if not _trained(folder, run_settings):
             console.print(f"[bold]ablation seed {seed}[/]: {label}")
             train(str(target_sft), data, WRPOConfig(output_dir=str(folder), **{**settings, **overrides}))
@@ -123,13 +139,14 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
     folder = variants_dir / "target-sft-sft"
     sft_settings = {**SFT_SETTINGS, "seed": seed, "max_steps": steps,
                     "per_device_train_batch_size": WRPO_SETTINGS["per_device_train_batch_size"]}
-    if not _trained(folder, sft_settings):
+    rows = write_jsonl_atomically(variants_dir / "sft-on-preference-prompts.jsonl", [
+        {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["source_responses"][0]["text"]}
+        for _, row in read_preference_prompts(preference)])
+    marker = {**sft_settings, "start": start, "data": path_fingerprint(str(rows))}
+    if not _trained(folder, marker):
         console.print(f"[bold]ablation seed {seed}[/]: target-sft-sft")
-        rows = write_jsonl_atomically(variants_dir / "sft-on-preference-prompts.jsonl", [
-            {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["source_responses"][0]["text"]}
-            for _, row in read_preference_prompts(preference)])
         sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(folder), **sft_settings))
-        _mark_trained(folder, sft_settings)
+        _mark_trained(folder, marker)
     folders["target-sft-sft"] = folder
     return folders
 
@@ -152,8 +169,11 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     zoo = build_zoo(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrpo", steps=size.zoo_steps)
+    # Held out from the training prompts of every seed this demo may run, with or without --ablation,
+    # so the plain run and the ablation are judged on the same prompts.
+    training = {row["prompt"] for s in {seed, *ablation_seeds} for row in prompt_rows(size.prompts, list(TASKS), s, "train")}
     eval_prompts = write_jsonl_atomically(output_dir / "eval_prompts.jsonl",
-                                          prompt_rows(size.eval_prompts, list(TASKS), 10_000 + seed, "eval"))
+                                          heldout_rows(size.eval_prompts, 10_000 + seed, training))
 
     work = run_pipeline(output_dir, zoo, seed, size)
     models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
@@ -224,7 +244,7 @@ def render_report(report: dict) -> str:
     lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |", "|---|---|---|---|---|"]
     for name, value in report["win_rates"].items():
         lines.append(f"| {name} | {value['win_rate']:.3f} | {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f} | "
-                     f"{value['lc_win_rate']:.3f} | {value['wins']} / {value['ties']} / {value['losses']} |")
+                     f"{format_rate(value['lc_win_rate'])} | {value['wins']} / {value['ties']} / {value['losses']} |")
     lines += ["", "![per-task reward](per_task_reward.png)", "", "![win rates](win_rates.png)", "",
               "![rewards](rewards.png)", "", "![training](training.png)", ""]
     if "ablation" in report:

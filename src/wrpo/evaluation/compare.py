@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wrpo.data.prompts import read_prompts
 from wrpo.data.records import read_rows
+from wrpo.errors import InputError
 from wrpo.evaluation.length_control import length_controlled_win_rate
 from wrpo.generation.backends import SamplingSettings
 from wrpo.generation.sample import sample
@@ -119,13 +120,15 @@ def compare(model: ModelResult, baseline: ModelResult) -> Comparison:
 def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, output_dir: str | Path,
                    settings: SamplingSettings = GREEDY, batch_size: int = 64, trust_remote_code: bool = False) -> ModelResult:
     """Answers the prompts with `model`, scores them with `judge`; files go to output_dir/{answers,scores},
-    named by the label and a fingerprint of the model, prompts and judge, so a retrained model or a
-    changed judge is never judged by stale files."""
+    answers named by the label and a fingerprint of the model, prompts and sampling settings, scores
+    by the answers' content and the judge: nothing stale is reused, and a new judge re-scores the
+    same answers without generating them again."""
     output_dir = Path(output_dir)
-    key = hashlib.sha256("".join(path_fingerprint(str(p)) for p in (model, prompts, judge)).encode()).hexdigest()[:12]
-    answers = sample(model, prompts, output_dir / "answers" / f"{label}-{key}.jsonl", settings, batch_size=batch_size,
-                     name=label)
-    scored = score([answers], judge, output_dir / "scores" / f"{label}-{key}.jsonl", batch_size=batch_size,
+    answers_key = _key(path_fingerprint(str(model)), path_fingerprint(str(prompts)), repr(settings), str(batch_size))
+    answers = sample(model, prompts, output_dir / "answers" / f"{label}-{answers_key}.jsonl", settings,
+                     batch_size=batch_size, name=label)
+    scores_key = _key(path_fingerprint(str(answers)), path_fingerprint(judge))
+    scored = score([answers], judge, output_dir / "scores" / f"{label}-{scores_key}.jsonl", batch_size=batch_size,
                    trust_remote_code=trust_remote_code, skip_failures=True)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
     result = ModelResult(label=label, rewards={}, categories=categories, answers_file=answers)
@@ -136,4 +139,15 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, outp
             result.failures.append(row["error"])
         else:
             result.rewards[prompt_id] = float(row["scores"][0])
+    if not result.rewards:
+        raise InputError(f"the judge failed on every answer of {label}; the first error: {result.failures[0]}")
     return result
+
+
+def format_rate(value: float) -> str:
+    """A rate for a report; a length-controlled rate the fit could not identify is NaN: n/a."""
+    return "n/a" if value != value else f"{value:.3f}"
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]

@@ -6,8 +6,8 @@ and report the win rate the fit predicts when the two answers are equally long:
 
     P(model beats baseline) = sigmoid(a + b * tanh((len_model - len_baseline) / s))
 
-with s the standard deviation of the length differences and ties as outcome 0.5; the LC win rate
-is sigmoid(a). AlpacaEval's GLM also has a per-instruction difficulty term, which a single pair of
+with s the root mean square of the length differences and ties as outcome 0.5; the LC win rate is
+sigmoid(a). AlpacaEval's GLM also has a per-instruction difficulty term, which a single pair of
 models cannot identify, so it is left out. A two-parameter logistic fit is a few Newton steps:
 written here rather than pulling in scikit-learn.
 """
@@ -18,28 +18,43 @@ import math
 import statistics
 
 
-def length_controlled_win_rate(outcomes: list[float], length_differences: list[float], steps: int = 50) -> float:
+def _sigmoid(value: float) -> float:
+    if value >= 0:
+        return 1 / (1 + math.exp(-value))
+    exp = math.exp(value)
+    return exp / (1 + exp)
+
+
+def length_controlled_win_rate(outcomes: list[float], length_differences: list[float], steps: int = 50,
+                               min_share: float = 0.1) -> float:
+    """NaN when the fit cannot say what happens at equal lengths: fewer than `min_share` of the
+    prompts have the model's answer longer, or fewer have it shorter (an intercept read there
+    would be an extrapolation). Equal lengths everywhere give the plain win rate."""
     if len(outcomes) != len(length_differences) or not outcomes:
         raise ValueError("one outcome and one length difference per prompt are needed")
-    spread = statistics.pstdev(length_differences) or 1.0
-    features = [math.tanh(d / spread) for d in length_differences]
+    if not any(length_differences):
+        return sum(outcomes) / len(outcomes)
+    longer = sum(d > 0 for d in length_differences) / len(length_differences)
+    shorter = sum(d < 0 for d in length_differences) / len(length_differences)
+    if min(longer, shorter) < min_share:
+        return float("nan")
+    scale = math.sqrt(statistics.fmean(d * d for d in length_differences))  # about 0, not about the mean
+    features = [math.tanh(d / scale) for d in length_differences]
     a = b = 0.0
+    ridge = 1e-3  # keeps the fit finite when the outcomes are separable
     for _ in range(steps):
-        # Newton step on the log-likelihood of (a, b), with a small ridge so it stays finite
-        # when the outcomes are separable.
-        ga = gb = 0.0
-        haa = hab = hbb = 1e-3
+        ga, gb = -ridge * a, -ridge * b
+        haa = hbb = ridge
+        hab = 0.0
         for y, x in zip(outcomes, features):
-            p = 1 / (1 + math.exp(-(a + b * x)))
+            p = _sigmoid(a + b * x)
             ga += y - p
             gb += (y - p) * x
             w = p * (1 - p)
             haa += w
             hab += w * x
             hbb += w * x * x
-        ga -= 1e-3 * a
-        gb -= 1e-3 * b
         determinant = haa * hbb - hab * hab
         a += (hbb * ga - hab * gb) / determinant
         b += (haa * gb - hab * ga) / determinant
-    return 1 / (1 + math.exp(-a))
+    return _sigmoid(a)

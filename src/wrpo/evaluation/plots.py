@@ -62,7 +62,10 @@ def win_rate_bars(comparisons: list, path: str | Path, title: str) -> Path:
     rates = [c.overall.rate for c in comparisons]
     spread = [[c.overall.rate - c.overall.low for c in comparisons], [c.overall.high - c.overall.rate for c in comparisons]]
     axes.bar(names, rates, yerr=spread, capsize=4, label="win rate (95% CI)")
-    axes.scatter(names, [c.length_controlled for c in comparisons], color="black", zorder=3, label="length-controlled")
+    identified = [(name, c.length_controlled) for name, c in zip(names, comparisons)
+                  if c.length_controlled == c.length_controlled]  # NaN: the fit could not tell
+    if identified:
+        axes.scatter(*zip(*identified), color="black", zorder=3, label="length-controlled")
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     axes.set_ylim(0, 1)
     axes.set_ylabel("win rate (ties count half)")

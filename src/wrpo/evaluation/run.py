@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.table import Table
 
 from wrpo.data.prompts import read_prompts
-from wrpo.evaluation.compare import GREEDY, Comparison, ModelResult, compare, evaluate_model
+from wrpo.errors import InputError
+from wrpo.evaluation.compare import GREEDY, Comparison, ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.exports import export_alpaca_eval, export_arena_hard, export_mt_bench
 from wrpo.evaluation.plots import reward_distributions, win_rate_bars
 from wrpo.generation.backends import SamplingSettings
@@ -21,8 +22,23 @@ def parse_models(text: str) -> dict[str, str]:
     models = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         label, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
-        models[label or Path(path).name] = path
+        label = label or Path(path).name
+        if label in models:
+            raise InputError(f"two models are labelled {label!r} ({models[label]} and {path}): name them with label=path")
+        models[label] = path
     return models
+
+
+def resolve_baseline(models: dict[str, str], baseline: str) -> tuple[str, str]:
+    """(label, path) of the baseline: one of the models (by path or label) or a model of its own."""
+    for label, path in models.items():
+        if Path(path).resolve() == Path(baseline).resolve() or label == baseline:
+            return label, path
+    label = Path(baseline).name
+    if label in models:
+        raise InputError(f"the baseline {baseline} and the model {models[label]} share the label {label!r}: "
+                         f"name the model with label=path")
+    return label, baseline
 
 
 def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: str, output_dir: str | Path,
@@ -30,9 +46,8 @@ def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: 
              trust_remote_code: bool = False) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    baseline_label = next((label for label, path in models.items() if path == baseline or label == baseline),
-                          Path(baseline).name)
-    everyone = {**models, baseline_label: models.get(baseline_label, baseline)}
+    baseline_label, baseline_path = resolve_baseline(models, baseline)
+    everyone = {**models, baseline_label: baseline_path}
     results: dict[str, ModelResult] = {
         label: evaluate_model(label, path, prompts, judge, output_dir, settings, batch_size, trust_remote_code)
         for label, path in everyone.items()}
@@ -64,12 +79,14 @@ def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: 
 def render(report: dict, comparisons: list[Comparison]) -> str:
     lines = [f"# Evaluation against {report['baseline']}", "", f"Prompts: `{report['prompts']}`; judge: `{report['judge']}`.",
              "Win rates count ties half; the interval is a 95% bootstrap over prompts; the length-controlled "
-             "win rate is the fit's prediction at equal answer lengths (see wrpo/evaluation/length_control.py).", "",
+             "win rate is the fit's prediction at equal answer lengths (see wrpo/evaluation/length_control.py; n/a "
+             "where too few answers are longer, or too few shorter, than the baseline's).", "",
              "| model | win rate | 95% CI | LC win rate | mean reward | mean length | judged | judge failures |",
              "|---|---|---|---|---|---|---|---|"]
     for label, values in report["models"].items():
         c = report["comparisons"].get(label)
-        win = f"{c['win_rate']:.3f} | {c['ci95'][0]:.3f}-{c['ci95'][1]:.3f} | {c['lc_win_rate']:.3f}" if c else "baseline | | "
+        win = (f"{c['win_rate']:.3f} | {c['ci95'][0]:.3f}-{c['ci95'][1]:.3f} | {format_rate(c['lc_win_rate'])}"
+               if c else "baseline | | ")
         lines.append(f"| {label} | {win} | {values['mean_reward']:.3f} | {values['mean_length']:.0f} | "
                      f"{values['judged']} | {values['judge_failures']} |")
     for comparison in comparisons:
@@ -91,7 +108,7 @@ def show(report: dict) -> None:
     for label, values in report["models"].items():
         c = report["comparisons"].get(label)
         table.add_row(label, f"{c['win_rate']:.3f}" if c else "baseline",
-                      f"{c['ci95'][0]:.3f}-{c['ci95'][1]:.3f}" if c else "", f"{c['lc_win_rate']:.3f}" if c else "",
+                      f"{c['ci95'][0]:.3f}-{c['ci95'][1]:.3f}" if c else "", format_rate(c["lc_win_rate"]) if c else "",
                       f"{values['mean_reward']:.3f}", f"{values['mean_length']:.0f}")
     console.print(table)
     for label, errors in report["judge_failures"].items():

@@ -15,6 +15,7 @@ def path_fingerprint(location: str) -> str:
     if not path.exists() and ":" in location:
         spec = importlib.util.find_spec(location.split(":", 1)[0])
         if spec is not None and spec.origin and Path(spec.origin).is_file():
+            digest.update(location.encode())  # the function's name, beside its module's source
             path = Path(spec.origin)
     if path.is_file():
         with path.open("rb") as handle:
