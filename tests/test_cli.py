@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from conftest import native_rows, write_jsonl
+from conftest import native_rows
 from wrpo.cli import app
 
 FAST = ["--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--beta", "0.5", "--alpha", "0.5",

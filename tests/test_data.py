@@ -6,7 +6,7 @@ import datasets
 import pytest
 import torch
 
-from conftest import native_rows, release_rows, write_jsonl
+from conftest import native_rows, write_jsonl
 from wrpo.data import QuadrupleCollator, QuadrupleEncoder, iter_quadruples, load_quadruple_dataset, parse_quadruple
 from wrpo.errors import InputError
 from wrpo.modeling import load_tokenizer

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from wrpo.demo.run import DemoSize, run_demo
-from wrpo.demo.tasks import TASKS, answer, make_prompt, reward
+from wrpo.demo.tasks import TASKS, answer, reward
 from wrpo.demo.zoo import SOURCES, TARGET, styled_answer
 from wrpo.evaluation.compare import win_rate
 
