@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,6 +14,13 @@ from conftest import native_rows, write_jsonl
 
 SETTINGS = ["--max-steps", "3", "--lr", "1e-2", "--beta", "0.5", "--alpha", "0.5", "--max-length", "48",
             "--max-prompt-length", "24", "--save-steps", "100", "--seed", "3"]
+
+
+def free_port() -> int:
+    """A loopback port nobody holds now (a fixed one may still be held by an earlier run)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def metrics(folder):
@@ -30,7 +38,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_mo
                             env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-2000:]
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29541", *train, "--output", str(tmp_path / "two"), "--batch-size", "4"],
+                             "--master_port", str(free_port()), *train, "--output", str(tmp_path / "two"), "--batch-size", "4"],
                             env=env, capture_output=True, text=True)
     assert double.returncode == 0, double.stderr[-2000:]
 
