@@ -31,6 +31,13 @@ def _shard(text: str) -> tuple[int, int]:
         raise InputError(str(error)) from None
 
 
+def _end_distributed() -> None:
+    """Leave the process group before exit: a gloo group still up then aborts the process."""
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
+
+
 def _fail(error: InputError) -> None:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(2)
@@ -79,6 +86,7 @@ def train(
                                   ref_model=settings.ref_model, resume=settings.resume)
     except InputError as error:
         _fail(error)
+    _end_distributed()
     typer.echo(f"saved the trained model to {output_dir}")
 
 
@@ -108,6 +116,7 @@ def sft(
         output_dir = run_sft(settings.model, settings.data, settings.config, resume=settings.resume)
     except InputError as error:
         _fail(error)
+    _end_distributed()
     typer.echo(f"saved the fine-tuned model to {output_dir}")
 
 
