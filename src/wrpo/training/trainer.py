@@ -27,6 +27,7 @@ from wrpo.training.schedules import alpha_at
 
 logger = logging.get_logger(__name__)
 
+
 class WRPOTrainer(Trainer):
     def __init__(self, model, args: WRPOConfig, train_dataset, processing_class, ref_model=None,
                  eval_dataset=None, callbacks=None, data_collator=None):
@@ -51,7 +52,7 @@ class WRPOTrainer(Trainer):
         if args.disable_dropout:
             # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
             disable_dropout_in_model(self.model)
-        if args.logps_chunk_size > 0 and len(train_dataset) and not head_reproduces_logits(
+        if args.logps_chunk_size > 0 and train_dataset and not head_reproduces_logits(
                 self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
                                          device=self.args.device)):
             logger.warning("the chunked output head does not reproduce this model's logits: logps_chunk_size set to 0")
