@@ -129,13 +129,16 @@ def sample(
     temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
     top_p: float = typer.Option(0.95, help="Nucleus sampling probability."),
     max_new_tokens: int = typer.Option(512, help="Longest response, in tokens."),
-    backend: str = typer.Option("hf", help="hf (transformers) or vllm."),
+    backend: str = typer.Option("hf", help="hf (transformers), vllm, or openai (any OpenAI-compatible server)."),
     shard: str = typer.Option("0/1", help="I/N: sample only every N-th prompt, starting at the I-th."),
     batch_size: int = typer.Option(16, help="Prompts per batch (and per flush to disk)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     name: str = typer.Option(None, help="Model name written in the rows [the folder's name]."),
     tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per model replica."),
     data_parallel_size: int = typer.Option(1, help="vllm: model replicas."),
+    base_url: str = typer.Option(None, help="openai: the server's URL, e.g. http://localhost:8000/v1."),
+    api_key_env: str = typer.Option(None, help="openai: the environment variable holding the API key."),
+    concurrency: int = typer.Option(8, help="openai: requests in flight at once."),
 ):
     """Sample n responses per prompt with the model's chat template; resumable."""
     from wrpo.generation.backends import BACKENDS, SamplingSettings
@@ -145,8 +148,8 @@ def sample(
         if backend not in BACKENDS:
             raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         shard_of = _shard(shard)
-        options = dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size) \
-            if backend == "vllm" else {}
+        options = {"vllm": dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size),
+                   "openai": dict(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)}.get(backend, {})
         written = run_sample(model, prompts, output, SamplingSettings(n, temperature, top_p, max_new_tokens, seed),
                              backend=backend, shard=shard_of, batch_size=batch_size, name=name, **options)
     except InputError as error:

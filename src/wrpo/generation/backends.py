@@ -3,21 +3,26 @@
 hf:   transformers `generate` with a KV cache, prompts left-padded in batches of similar length.
 vllm: vLLM offline inference (optional extra, imported only when chosen), tensor/data parallel.
 Both feed the model the token ids of `encode_prompt`, the same ones training uses.
+openai: any OpenAI-compatible server (vllm serve, SGLang, TGI, transformers serve, a hosted API):
+the server applies the model's chat template; only text crosses, which is all implicit fusion needs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from wrpo.data.records import Prompt
-from wrpo.data.tokenize import encode_prompt
+from wrpo.data.tokenize import as_messages, encode_prompt
 from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,63 @@ class VLLMGenerator:
         return [[completion.text for completion in output.outputs] for output in outputs]
 
 
+class OpenAIGenerator:
+    """Chat completions from a server, `concurrency` requests at a time, retried with backoff on
+    429, 5xx, timeouts and refused connections (a server restarting), and asked again for the
+    missing samples when a server returns fewer than n (some ignore `n`)."""
+
+    RETRIED = ("RateLimitError", "InternalServerError", "APIConnectionError", "APITimeoutError")
+
+    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, concurrency: int = 8,
+                 max_retries: int = 10, max_delay: float = 30.0):
+        from openai import OpenAI
+
+        key = os.environ.get(api_key_env or "OPENAI_API_KEY")
+        if api_key_env and not key:
+            raise InputError(f"the environment variable {api_key_env} (--api-key-env) is not set")
+        self.client = OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0)
+        self.model, self.concurrency, self.max_retries, self.max_delay = model, concurrency, max_retries, max_delay
+
+    def prompt_ids(self, prompt: Prompt) -> list[dict[str, str]]:
+        return as_messages(prompt)  # the server renders the chat template itself
+
+    def generate(self, prompts: list[list[dict[str, str]]], prompt_keys: list[str],
+                 settings: SamplingSettings) -> list[list[str]]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda pair: self._samples(*pair, settings), zip(prompts, prompt_keys)))
+
+    def _samples(self, messages: list[dict[str, str]], key: str, settings: SamplingSettings) -> list[str]:
+        texts: list[str] = []
+        while len(texts) < settings.n:
+            response = self._with_retries(lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, n=settings.n - len(texts), temperature=settings.temperature,
+                top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + len(texts)))
+            texts += [choice.message.content or "" for choice in response.choices]
+        return texts[: settings.n]
+
+    def _with_retries(self, request):
+        delay = 1.0
+        for attempt in range(self.max_retries + 1):
+            try:
+                return request()
+            except Exception as error:  # noqa: BLE001 -- openai's error classes, matched by name below
+                if type(error).__name__ not in self.RETRIED:
+                    raise InputError(f"the server refused the request ({type(error).__name__}: {error})") from None
+                if attempt == self.max_retries:
+                    raise InputError(f"the server kept failing after {self.max_retries} retries "
+                                     f"({type(error).__name__}: {error})") from None
+                time.sleep(delay)
+                delay = min(2 * delay, self.max_delay)
+
+
 def make_generator(backend: str, model_dir: str, **options):
     if backend == "hf":
         return HFGenerator(model_dir, device=options.get("device"))
     if backend == "vllm":
         return VLLMGenerator(model_dir, **{k: v for k, v in options.items() if k != "device"})
+    if backend == "openai":
+        if not options.get("base_url"):
+            raise InputError("the openai backend needs --base-url (e.g. http://localhost:8000/v1)")
+        return OpenAIGenerator(model_dir, options["base_url"], options.get("api_key_env"),
+                               options.get("concurrency", 8))
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
