@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,7 @@ from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.generation.backends import SamplingSettings
-from wrpo.pipeline.fingerprint import path_fingerprint
-from wrpo.pipeline.run import run_recipe
+from wrpo.pipeline.run import Stage, run_recipe, run_stages
 from wrpo.progress import console
 from wrpo.training.config import WRPOConfig
 from wrpo.training.run import train
@@ -123,45 +121,27 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
         subset = variants_dir / f"quadruples-{count}-sources.jsonl"
         build_pairs(subset_prompts, [work / "scores" / "target-sft.jsonl"], subset)
         runs[f"wrpo-y_ws-from-{count}-source{'s' if count > 1 else ''}"] = ({}, subset)
-    folders = {}
-    start = path_fingerprint(str(target_sft))
-    for label, (overrides, data) in runs.items():
-        folder = variants_dir / label
-        run_settings = {**settings, **overrides, "start": start, "data": path_fingerprint(str(data))}
-        if not _trained(folder, run_settings):
-            console.print(f"[bold]ablation seed {seed}[/]: {label}")
-            train(str(target_sft), data, WRPOConfig(output_dir=str(folder), **{**settings, **overrides}))
-            _mark_trained(folder, run_settings)
-        folders[label] = folder
+    stages = [Stage(f"ablation/{label}", [str(target_sft), str(data)], {**settings, **overrides},
+                    [variants_dir / label],
+                    lambda label=label, overrides=overrides, data=data: train(
+                        str(target_sft), data, WRPOConfig(output_dir=str(variants_dir / label),
+                                                          **{**settings, **overrides})))
+              for label, (overrides, data) in runs.items()]
 
     # The sceptic's baseline: plain SFT continued on the preference prompts' y_ws, with the SFT
     # stage's settings, for as many steps of the same batch size as WRPO takes.
-    folder = variants_dir / "target-sft-sft"
     sft_settings = {**SFT_SETTINGS, "seed": seed, "max_steps": steps,
                     "per_device_train_batch_size": WRPO_SETTINGS["per_device_train_batch_size"]}
     rows = write_jsonl_atomically(variants_dir / "sft-on-preference-prompts.jsonl", [
         {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["source_responses"][0]["text"]}
         for _, row in read_preference_prompts(preference)])
-    marker = {**sft_settings, "start": start, "data": path_fingerprint(str(rows))}
-    if not _trained(folder, marker):
-        console.print(f"[bold]ablation seed {seed}[/]: target-sft-sft")
-        sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(folder), **sft_settings))
-        _mark_trained(folder, marker)
-    folders["target-sft-sft"] = folder
-    return folders
-
-
-def _trained(folder: Path, settings: dict) -> bool:
-    """Whether `folder` holds a model trained with `settings`; a stale one is removed."""
-    marker = folder / "demo-settings.json"
-    if marker.exists() and json.loads(marker.read_text()) == settings:
-        return True
-    shutil.rmtree(folder, ignore_errors=True)
-    return False
-
-
-def _mark_trained(folder: Path, settings: dict) -> None:
-    (folder / "demo-settings.json").write_text(json.dumps(settings, sort_keys=True))
+    stages.append(Stage("ablation/target-sft-sft", [str(target_sft), str(rows)], sft_settings,
+                        [variants_dir / "target-sft-sft"],
+                        lambda: sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(variants_dir / "target-sft-sft"),
+                                                                         **sft_settings))))
+    # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
+    run_stages(stages, work / ".wrpo" / "stages")
+    return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}
 
 
 def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: str | Path | None = None,

@@ -136,8 +136,11 @@ def run_recipe(recipe_path: str | Path) -> dict[str, str]:
     """Runs the stages that are not done; returns each stage's status: ran, resumed, redone or skipped."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
-    stages = plan(recipe, recipe_path)
-    manifests = recipe.workdir / ".wrpo" / "stages"
+    return run_stages(plan(recipe, recipe_path), recipe.workdir / ".wrpo" / "stages")
+
+
+def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:
+    """Runs each stage unless its manifest in `manifests` says it finished with today's fingerprint."""
     statuses = {}
     for number, stage in enumerate(stages, start=1):
         manifest_path = manifests / f"{stage.name.replace('/', '--')}.json"
