@@ -183,10 +183,10 @@ def merge(
     output: Path = typer.Option(..., help="The merged JSONL."),
 ):
     """Join the outputs of --shard I/N runs of sample or score into one file (no row twice)."""
-    from wrpo.data.resumable import merge_jsonl
+    from wrpo.data.resumable import merge_jsonl, model_prompt_key
 
     try:
-        written = merge_jsonl(inputs, output, key=lambda row: f"{row.get('model')}\t{row.get('prompt_id')}")
+        written = merge_jsonl(inputs, output, key=model_prompt_key)
     except InputError as error:
         _fail(error)
     typer.echo(f"wrote {written}")

@@ -58,6 +58,11 @@ def write_jsonl_atomically(path: str | Path, rows: Iterable[dict]) -> Path:
     return path
 
 
+def model_prompt_key(row: dict) -> str:
+    """What identifies a row of `wrpo sample` or `wrpo score`: the model and the prompt."""
+    return f"{row.get('model')}\t{row.get('prompt_id')}"
+
+
 def merge_jsonl(inputs, output: str | Path, key: Callable[[dict], str]) -> Path:
     """Concatenates the shards of a stage (`--shard I/N` outputs) into one file, atomically; a key
     found in two shards is an error naming both places."""

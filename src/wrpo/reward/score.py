@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wrpo.data.records import field_of, parse_prompt, read_rows, row_failer
-from wrpo.data.resumable import ResumableJsonl
+from wrpo.data.resumable import ResumableJsonl, model_prompt_key
 from wrpo.errors import InputError
 from wrpo.progress import console, stage_progress
 from wrpo.reward.scorers import load_scorer
@@ -37,7 +37,7 @@ def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, b
     it is kept, and a rerun continues from there. With skip_failures, such a row is written with
     "scores": null and its "error" instead, and scoring goes on. `shard` (I, N) scores every N-th
     row of each input, starting at the I-th, for one of N processes; `wrpo merge` joins the shards."""
-    writer = ResumableJsonl(output, key=lambda row: f"{row['model']}\t{row['prompt_id']}")
+    writer = ResumableJsonl(output, key=model_prompt_key)
     if writer.complete:
         console.print(f"{output} is complete: nothing to score")
         return writer.output
