@@ -31,11 +31,16 @@ def _shard(text: str) -> tuple[int, int]:
         raise InputError(str(error)) from None
 
 
-def _end_distributed() -> None:
-    """Leave the process group before exit: a gloo group still up then aborts the process."""
+def _end_distributed(message: str) -> None:
+    """Leave the process group before exit (a gloo group still up then aborts the process) and say
+    what was saved, once: from the main process of a multi-process launch."""
     from accelerate import PartialState
 
-    PartialState().destroy_process_group()
+    state = PartialState()
+    is_main = state.is_main_process
+    state.destroy_process_group()
+    if is_main:
+        typer.echo(message)
 
 
 def _fail(error: InputError) -> None:
@@ -86,8 +91,7 @@ def train(
                                   ref_model=settings.ref_model, resume=settings.resume)
     except InputError as error:
         _fail(error)
-    _end_distributed()
-    typer.echo(f"saved the trained model to {output_dir}")
+    _end_distributed(f"saved the trained model to {output_dir}")
 
 
 @app.command()
@@ -116,8 +120,7 @@ def sft(
         output_dir = run_sft(settings.model, settings.data, settings.config, resume=settings.resume)
     except InputError as error:
         _fail(error)
-    _end_distributed()
-    typer.echo(f"saved the fine-tuned model to {output_dir}")
+    _end_distributed(f"saved the fine-tuned model to {output_dir}")
 
 
 @app.command()

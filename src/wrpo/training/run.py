@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from wrpo.data.dataset import load_quadruple_dataset
@@ -29,7 +30,8 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
     tokenizer = load_tokenizer(model)
     encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
     dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
-    console.print(f"data: {encoder.report.describe()}")
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not from every process of a launch
+        console.print(f"data: {encoder.report.describe()}")
 
     # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
     # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
@@ -55,6 +57,9 @@ def with_lora(model, config):
     with its adapters disabled, so no second copy is kept."""
     from peft import LoraConfig, get_peft_model
 
+    # Seeded here, not only by Trainer later: the adapters' random start must not depend on what drew
+    # random numbers before (a ZeRO-3 load does), so that one seed gives one run on any launcher.
+    set_seed(config.seed)
     targets = config.lora_target_modules
     modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
     return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,

@@ -8,11 +8,13 @@ batches) are switches of WRPOConfig; each gives the naive computation's result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled, is_fsdp_enabled
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 from trl.trainer.utils import disable_dropout_in_model
@@ -28,6 +30,21 @@ from wrpo.training.schedules import alpha_at
 logger = logging.get_logger(__name__)
 
 
+@contextlib.contextmanager
+def whole_weights(model):
+    """Under DeepSpeed ZeRO-3 a model loaded by from_pretrained holds only this process's slice of
+    each weight until DeepSpeed's engine wraps it at the start of training, so the forward passes the
+    trainer makes before then (head check, reference log-probs) run with every weight gathered on
+    every process: one pass at the model's full size, before any optimizer state exists."""
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield
+
+
 class WRPOTrainer(Trainer):
     def __init__(self, model, args: WRPOConfig, train_dataset, processing_class, ref_model=None,
                  eval_dataset=None, callbacks=None, data_collator=None):
@@ -40,6 +57,9 @@ class WRPOTrainer(Trainer):
         self.reference_is_disabled_adapters = needs_reference and ref_model is None and hasattr(model, "disable_adapter")
         if needs_reference and not args.precompute_ref_logps and ref_model is None \
                 and not self.reference_is_disabled_adapters:
+            if is_deepspeed_zero3_enabled():
+                raise ValueError("under DeepSpeed ZeRO-3 the reference is a precomputed pass (precompute_ref_logps, "
+                                 "the default) or, for a LoRA policy, the base with adapters disabled")
             # The reference is the starting policy, frozen: copy it before training moves it.
             ref_model = copy.deepcopy(model)
         super().__init__(
@@ -52,16 +72,29 @@ class WRPOTrainer(Trainer):
         if args.disable_dropout:
             # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
             disable_dropout_in_model(self.model)
-        if args.logps_chunk_size > 0 and train_dataset and not head_reproduces_logits(
-                self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
-                                         device=self.args.device)):
-            logger.warning("the chunked output head does not reproduce this model's logits: logps_chunk_size set to 0")
+        if args.logps_chunk_size > 0 and is_deepspeed_zero3_enabled():
+            # The chunked head reads the output weight directly, outside the module call through which
+            # ZeRO-3 gathers it (and gathers gradients back): the model's own logits are used instead.
+            logger.info("DeepSpeed ZeRO-3: logps_chunk_size set to 0")
             self.args.logps_chunk_size = 0
+        with whole_weights(self.model):
+            if args.logps_chunk_size > 0 and train_dataset and not head_reproduces_logits(
+                    self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
+                                             device=self.args.device)):
+                logger.warning("the chunked output head does not reproduce this model's logits: "
+                               "logps_chunk_size set to 0")
+                self.args.logps_chunk_size = 0
         self.ref_model = None
+        if needs_reference and is_fsdp_enabled():
+            raise ValueError("FSDP's cpu_ram_efficient_loading leaves the weights on the first process only until "
+                             "training starts, so the reference cannot be taken from them: set "
+                             "fsdp_cpu_ram_efficient_loading to false (recipes/accelerate/fsdp.yaml does)")
         if needs_reference and args.precompute_ref_logps:
             # Before any checkpoint is loaded, the policy is the starting model: it serves as the
             # reference itself unless another was given, and no copy is made.
-            self._attach_reference_logps(ref_model.to(self.args.device) if ref_model is not None else self.model)
+            reference = ref_model.to(self.args.device) if ref_model is not None else self.model
+            with whole_weights(reference):
+                self._attach_reference_logps(reference)
         elif needs_reference and ref_model is not None:
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
