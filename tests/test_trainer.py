@@ -120,3 +120,24 @@ def test_lora_trains_only_adapters_against_the_base_with_adapters_disabled(tiny_
     tuned = AutoModelForCausalLM.from_pretrained(merged)
     changed = {name for (name, p), q in zip(base.named_parameters(), tuned.parameters()) if not torch.equal(p, q)}
     assert changed and all("proj" in name for name in changed)  # adapters merged into linear layers only
+
+
+def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_into_full_precision_weights(native_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from wrpo.demo.tiny import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "llama64", hidden_size=64)  # bitsandbytes packs 64-wide blocks
+    out = tmp_path / "qlora"
+    train(str(model), native_data, config(out, lora_r=4, load_in_4bit=True, merge_lora=True))
+    metrics = read_metrics(out)
+    assert metrics[0]["rewards/margins"] == 0 and metrics[-1]["rewards/margins"] > 0  # reference = base, adapters off
+
+    base, merged = AutoModelForCausalLM.from_pretrained(model), AutoModelForCausalLM.from_pretrained(out)
+    assert getattr(merged.config, "quantization_config", None) is None and not (out / "adapter_config.json").exists()
+    changed = {name for (name, p), q in zip(base.named_parameters(), merged.parameters())
+               if p.dtype == q.dtype == torch.float32 and not torch.equal(p, q)}
+    # Every linear layer, the first too: gradients flowed back through the frozen 4-bit layers above it.
+    assert changed == {name for name, _ in base.named_parameters() if "proj" in name}
+    with pytest.raises(ValueError, match="load_in_4bit needs lora_r"):
+        config(out, load_in_4bit=True)

@@ -75,6 +75,8 @@ def train(
     lora_r: int = typer.Option(None, help="LoRA rank (peft); 0 trains every weight [0]."),
     lora_alpha: int = typer.Option(None, help="LoRA alpha [16]."),
     lora_target_modules: str = typer.Option(None, help="'all-linear' or comma-separated module names [all-linear]."),
+    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-load-in-4bit",
+                                      help="QLoRA: the base in 4-bit NF4 (bitsandbytes); needs --lora-r [no]."),
     merge_lora: bool = typer.Option(None, "--merge-lora/--no-merge-lora", help="Save with adapters merged [no]."),
     resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint in --output [resume]."),
     config: Path = typer.Option(None, help="YAML file of settings (flag names or WRPOConfig fields); flags override it."),

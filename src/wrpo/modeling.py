@@ -33,12 +33,13 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype=None):
+def load_causal_lm(name_or_path: str, dtype=None, quantization_config=None):
     from transformers import AutoModelForCausalLM
 
     check_model_location(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto",
+                                                    quantization_config=quantization_config)
     except (OSError, ValueError) as error:
         raise InputError(f"no causal language model could be loaded ({_first_line(error)})", name_or_path) from None
 

@@ -62,6 +62,8 @@ class WRPOConfig(TrainingArguments):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Modules that get adapters: 'all-linear' or comma-separated names (q_proj,v_proj)."})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "Load the base model in 4-bit NF4 (bitsandbytes, QLoRA); needs LoRA, since only adapters train."})
     merge_lora: bool = field(default=False, metadata={
         "help": "Save the model with the adapters merged into its weights instead of the adapters alone."})
     reference_cache_dir: str | None = field(default=None, metadata={
@@ -98,6 +100,7 @@ class WRPOConfig(TrainingArguments):
             (self.top_k_sources >= 1, f"top_k_sources must be at least 1, got {self.top_k_sources}"),
             (self.lora_r >= 0, f"lora_r must be 0 (no LoRA) or positive, got {self.lora_r}"),
             (self.lora_r > 0 or not self.merge_lora, "merge_lora needs lora_r > 0"),
+            (self.lora_r > 0 or not self.load_in_4bit, "load_in_4bit needs lora_r > 0: a 4-bit base cannot train"),
             (self.source_weighting in ("uniform", "score"),
              f"source_weighting must be uniform or score, got {self.source_weighting!r}"),
         ]

@@ -35,7 +35,7 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
 
     # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
     # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
-    policy = load_causal_lm(model, dtype=torch.float32)
+    policy = load_causal_lm(model, dtype=torch.float32, quantization_config=_four_bit(config))
     if config.lora_r > 0:
         policy = with_lora(policy, config)
     # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
@@ -45,21 +45,45 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
                           callbacks=list(callbacks))
     fit_and_save(trainer, output_dir, resume)
     if config.merge_lora and trainer.is_world_process_zero():
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if config.load_in_4bit:
+            # Merged into 4-bit weights, the small update would be rounded away: the adapters go into a
+            # full-precision copy of the base instead.
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(load_causal_lm(model, dtype=torch.float32), output_dir).merge_and_unload()
+        else:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         merged.save_pretrained(output_dir)
         (output_dir / "adapter_config.json").unlink(missing_ok=True)
         (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
     return output_dir
 
 
+def _four_bit(config):
+    """bitsandbytes NF4 settings for a QLoRA base (compute in bf16 when training in bf16), or None."""
+    if not config.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float32)
+
+
 def with_lora(model, config):
     """The model with LoRA adapters (peft); only the adapters train. The reference is the model
     with its adapters disabled, so no second copy is kept."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     # Seeded here, not only by Trainer later: the adapters' random start must not depend on what drew
     # random numbers before (a ZeRO-3 load does), so that one seed gives one run on any launcher.
     set_seed(config.seed)
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+        for module in model.modules():
+            # On CPUs bitsandbytes repacks 4-bit weights for inference at the first eval-mode pass (the
+            # reference pass) and keeps them so; its repacked matmul has no gradient for the layer's input.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     targets = config.lora_target_modules
     modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
     return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,
