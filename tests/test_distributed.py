@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import native_rows, write_jsonl
@@ -48,7 +49,7 @@ def assert_same_run(one: Path, two: Path, keys: tuple[str, ...]) -> None:
     for key in keys:
         assert [m[key] for m in metrics(two)] == pytest.approx([m[key] for m in metrics(one)], abs=1e-4), key
     a, b = AutoModelForCausalLM.from_pretrained(one), AutoModelForCausalLM.from_pretrained(two)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
 
 
@@ -80,10 +81,20 @@ def test_data_parallel_train_and_sft_match_one_process_with_the_same_global_batc
 
 @pytest.mark.parametrize("lora", [[], ["--lora-r", "4", "--merge-lora"]], ids=["full", "lora-merged"])
 def test_deepspeed_zero3_train_matches_one_process(tiny_model, quadruples, tmp_path, lora):
-    zero3 = ["--config_file", str(CONFIGS / "deepspeed_zero3.yaml"), "--num_processes", "2", "--mixed_precision", "no"]
+    # The shipped accelerate and DeepSpeed configs, on 2 processes, with every weight split over them: by
+    # default ZeRO-3 keeps weights as small as a tiny model's whole on each process, and nothing would be.
+    split = json.loads((CONFIGS.parent / "deepspeed" / "zero3.json").read_text())
+    split["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3-split.json").write_text(json.dumps(split))
+    launch = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())
+    del launch["mixed_precision"]  # the DeepSpeed file decides it ("auto": off here)
+    launch.update(num_processes=2, deepspeed_config={"deepspeed_config_file": str(tmp_path / "zero3-split.json"),
+                                                     "zero3_init_flag": True})
+    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(launch))
     common = [*TRAIN, *lora, "--model", str(tiny_model), "--data", str(quadruples)]
     run_wrpo([*common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
-    run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"], zero3)
+    run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"],
+             ["--config_file", str(tmp_path / "zero3.yaml")])
     # Not rewards/accuracies: ZeRO-3 computes full logits (no chunked head), and at step 2, where the policy
     # still equals the reference, chosen > rejected is decided by rounding.
     assert_same_run(tmp_path / "one", tmp_path / "zero3", ("loss", "rewards/margins", "alpha"))

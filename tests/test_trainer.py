@@ -139,5 +139,10 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_into_full_precisio
                if p.dtype == q.dtype == torch.float32 and not torch.equal(p, q)}
     # Every linear layer, the first too: gradients flowed back through the frozen 4-bit layers above it.
     assert changed == {name for name, _ in base.named_parameters() if "proj" in name}
+    # Each change is the rank-4 adapter product alone: merged into the full-precision base, not into
+    # dequantized 4-bit weights (whose rounding error would be a full-rank change).
+    for (name, p), q in zip(base.named_parameters(), merged.parameters(), strict=True):
+        if name in changed:
+            assert torch.linalg.matrix_rank(q - p) <= 4, name
     with pytest.raises(ValueError, match="load_in_4bit needs lora_r"):
         config(out, load_in_4bit=True)

@@ -32,14 +32,19 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _end_distributed(message: str) -> None:
-    """Leave the process group before exit (a gloo group still up then aborts the process) and say
-    what was saved, once: from the main process of a multi-process launch."""
+    """Leave the process group before exit and say what was saved, once: from the main process of a
+    multi-process launch. A gloo group still alive when the interpreter shuts down aborts the process
+    ("terminate called without an active exception"); the trainer's DDP wrapper holds one in
+    reference cycles, so those are collected first, while the interpreter is whole."""
+    import gc
+
     from accelerate import PartialState
 
-    state = PartialState()
-    is_main = state.is_main_process
-    state.destroy_process_group()
-    if is_main:
+    from wrpo.progress import is_main_process
+
+    gc.collect()
+    PartialState().destroy_process_group()
+    if is_main_process():
         typer.echo(message)
 
 
@@ -282,15 +287,16 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the prompts, the split and the training runs."),
     cache_dir: Path = typer.Option(None, help="Where the tiny model zoo is kept [~/.cache/wrpo]."),
     ablation: bool = typer.Option(False, help="Also run the paper's comparisons over 3 seeds (mean ± std)."),
-    prompts: int = typer.Option(6000, help="Training prompts (a third for SFT)."),
-    eval_prompts: int = typer.Option(400, help="Held-out prompts for the evaluation."),
+    prompts: int = typer.Option(None, help="Training prompts, a third of them for SFT [12000]."),
+    eval_prompts: int = typer.Option(None, help="Held-out prompts for the evaluation [400]."),
 ):
     """Fuse three tiny heterogeneous source models into a tiny target with the whole pipeline, and report."""
     from wrpo.demo.run import DemoSize, run_demo
 
+    given = {"prompts": prompts, "eval_prompts": eval_prompts}
     try:
         run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation,
-                 size=DemoSize(prompts=prompts, eval_prompts=eval_prompts))
+                 size=DemoSize(**{name: value for name, value in given.items() if value is not None}))
     except InputError as error:
         _fail(error)
     typer.echo(f"report: {output / 'report.md'}")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 console = Console(stderr=True)
+
+
+def is_main_process() -> bool:
+    """False in all but one process of a multi-process launch (torchrun, accelerate), so that each
+    message is printed once."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class RateColumn(ProgressColumn):

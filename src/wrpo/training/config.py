@@ -77,8 +77,9 @@ class WRPOConfig(TrainingArguments):
     save_steps: float = 100
     save_total_limit: int | None = 2
     remove_unused_columns: bool = False
-    # Every trainable weight takes part in every step; transformers' default (True under DDP) costs an
-    # extra pass over the autograd graph each step and a warning from every process.
+    # Every trainable weight of a dense model takes part in every step; transformers' default (True under
+    # DDP) costs an extra pass over the autograd graph each step. Mixture-of-experts models, whose
+    # unrouted experts get no gradient in a step, need it set to True.
     ddp_find_unused_parameters: bool | None = False
     train_sampling_strategy: str = "group_by_length"
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})

@@ -14,7 +14,7 @@ from wrpo.data.dataset import load_quadruple_dataset
 from wrpo.data.tokenize import QuadrupleEncoder
 from wrpo.losses import REFERENCE_FREE
 from wrpo.modeling import load_causal_lm, load_tokenizer
-from wrpo.progress import console
+from wrpo.progress import console, is_main_process
 from wrpo.training.config import WRPOConfig
 from wrpo.training.trainer import WRPOTrainer
 
@@ -30,11 +30,12 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
     tokenizer = load_tokenizer(model)
     encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
     dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
-    if int(os.environ.get("RANK", "0")) == 0:  # once, not from every process of a launch
+    if is_main_process():
         console.print(f"data: {encoder.report.describe()}")
 
     # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
     # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
+    # (DeepSpeed with bf16 keeps bf16 weights and float32 master copies in its optimizer instead.)
     policy = load_causal_lm(model, dtype=torch.float32, quantization_config=_four_bit(config))
     if config.lora_r > 0:
         policy = with_lora(policy, config)
@@ -45,18 +46,28 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
                           callbacks=list(callbacks))
     fit_and_save(trainer, output_dir, resume)
     if config.merge_lora and trainer.is_world_process_zero():
-        if config.load_in_4bit:
-            # Merged into 4-bit weights, the small update would be rounded away: the adapters go into a
-            # full-precision copy of the base instead.
-            from peft import PeftModel
-
-            merged = PeftModel.from_pretrained(load_causal_lm(model, dtype=torch.float32), output_dir).merge_and_unload()
-        else:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        merged.save_pretrained(output_dir)
-        (output_dir / "adapter_config.json").unlink(missing_ok=True)
-        (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
+        merge_saved_adapters(model, output_dir)
     return output_dir
+
+
+def merge_saved_adapters(base_model: str, output_dir: Path) -> None:
+    """Replaces the adapters saved in output_dir by the base with them merged in, in float32. Merged
+    into a fresh load of the base by this process alone, not into the trained model, whose base
+    weights may be 4-bit (the update would be rounded away) or split over processes by ZeRO-3."""
+    from peft import PeftModel
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # from_pretrained under ZeRO-3 splits the weights over all processes, a collective call; transformers
+    # has set/unset for that switch but no getter, hence the private name.
+    zero3_switch = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        base = load_causal_lm(base_model, dtype=torch.float32)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = zero3_switch
+    PeftModel.from_pretrained(base, output_dir).merge_and_unload().save_pretrained(output_dir)
+    (output_dir / "adapter_config.json").unlink(missing_ok=True)
+    (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
 
 
 def _four_bit(config):
@@ -93,7 +104,7 @@ def with_lora(model, config):
 def fit_and_save(trainer, output_dir: Path, resume: bool) -> Path:
     """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer."""
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
-    if checkpoint:
+    if checkpoint and is_main_process():
         console.print(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(output_dir))

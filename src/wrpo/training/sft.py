@@ -37,8 +37,9 @@ class WRPOSFTConfig(SFTConfig):
     gradient_checkpointing: bool | None = None  # None (not TRL's True): transformers then resolves both to False
     activation_checkpointing: bool | None = None
     completion_only_loss: bool | None = True
-    # Every trainable weight takes part in every step; transformers' default (True under DDP) costs an
-    # extra pass over the autograd graph each step and a warning from every process.
+    # Every trainable weight of a dense model takes part in every step; transformers' default (True under
+    # DDP) costs an extra pass over the autograd graph each step. Mixture-of-experts models, whose
+    # unrouted experts get no gradient in a step, need it set to True.
     ddp_find_unused_parameters: bool | None = False
     report_to: str | list[str] | None = "none"
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})

@@ -34,8 +34,8 @@ logger = logging.get_logger(__name__)
 def whole_weights(model):
     """Under DeepSpeed ZeRO-3 a model loaded by from_pretrained holds only this process's slice of
     each weight until DeepSpeed's engine wraps it at the start of training, so the forward passes the
-    trainer makes before then (head check, reference log-probs) run with every weight gathered on
-    every process: one pass at the model's full size, before any optimizer state exists."""
+    trainer makes before then (the reference log-probs) run with every weight gathered on every
+    process: one pass at the model's full size, before any optimizer state exists."""
     if not is_deepspeed_zero3_enabled():
         yield
         return
@@ -55,13 +55,14 @@ class WRPOTrainer(Trainer):
         needs_reference = args.loss not in REFERENCE_FREE
         # A LoRA policy is its own reference with the adapters disabled: no copy needed.
         self.reference_is_disabled_adapters = needs_reference and ref_model is None and hasattr(model, "disable_adapter")
-        if needs_reference and not args.precompute_ref_logps and ref_model is None \
-                and not self.reference_is_disabled_adapters:
+        if needs_reference and not args.precompute_ref_logps and not self.reference_is_disabled_adapters:
             if is_deepspeed_zero3_enabled():
+                # A reference model run every step would need a DeepSpeed engine of its own.
                 raise ValueError("under DeepSpeed ZeRO-3 the reference is a precomputed pass (precompute_ref_logps, "
                                  "the default) or, for a LoRA policy, the base with adapters disabled")
-            # The reference is the starting policy, frozen: copy it before training moves it.
-            ref_model = copy.deepcopy(model)
+            if ref_model is None:
+                # The reference is the starting policy, frozen: copy it before training moves it.
+                ref_model = copy.deepcopy(model)
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, data_collator=collator,
@@ -69,6 +70,14 @@ class WRPOTrainer(Trainer):
         )
         # compute_loss returns a per-batch mean; Trainer divides it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
+        if needs_reference and is_fsdp_enabled():
+            raise ValueError("FSDP's cpu_ram_efficient_loading leaves the weights on the first process only until "
+                             "training starts, so the reference cannot be taken from them: set "
+                             "fsdp_cpu_ram_efficient_loading to false (recipes/accelerate/fsdp.yaml does)")
+        if self.is_fsdp_enabled:
+            # Trainer leaves an FSDP model where it was loaded (the CPU) for FSDP to shard when training
+            # starts; the passes below run before that, on this process's device.
+            self.model.to(self.args.device)
         if args.disable_dropout:
             # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
             disable_dropout_in_model(self.model)
@@ -77,18 +86,12 @@ class WRPOTrainer(Trainer):
             # ZeRO-3 gathers it (and gathers gradients back): the model's own logits are used instead.
             logger.info("DeepSpeed ZeRO-3: logps_chunk_size set to 0")
             self.args.logps_chunk_size = 0
-        with whole_weights(self.model):
-            if args.logps_chunk_size > 0 and train_dataset and not head_reproduces_logits(
-                    self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
-                                             device=self.args.device)):
-                logger.warning("the chunked output head does not reproduce this model's logits: "
-                               "logps_chunk_size set to 0")
-                self.args.logps_chunk_size = 0
+        if args.logps_chunk_size > 0 and train_dataset and not head_reproduces_logits(
+                self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
+                                         device=self.args.device)):
+            logger.warning("the chunked output head does not reproduce this model's logits: logps_chunk_size set to 0")
+            self.args.logps_chunk_size = 0
         self.ref_model = None
-        if needs_reference and is_fsdp_enabled():
-            raise ValueError("FSDP's cpu_ram_efficient_loading leaves the weights on the first process only until "
-                             "training starts, so the reference cannot be taken from them: set "
-                             "fsdp_cpu_ram_efficient_loading to false (recipes/accelerate/fsdp.yaml does)")
         if needs_reference and args.precompute_ref_logps:
             # Before any checkpoint is loaded, the policy is the starting model: it serves as the
             # reference itself unless another was given, and no copy is made.
