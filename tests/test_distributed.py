@@ -61,6 +61,11 @@ def quadruples(tmp_path) -> Path:
     return write_jsonl(tmp_path / "q.jsonl", rows)
 
 
+def sft_rows(folder: Path) -> Path:
+    return write_jsonl(folder / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]}
+                                              for r in native_rows() * 2])
+
+
 WRPO_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "alpha")
 
 
@@ -71,30 +76,38 @@ def test_data_parallel_train_and_sft_match_one_process_with_the_same_global_batc
     run_wrpo([*common, "--output", str(tmp_path / "two"), "--batch-size", "4"], ddp)
     assert_same_run(tmp_path / "one", tmp_path / "two", WRPO_KEYS)
 
-    rows = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]}
-                                                for r in native_rows() * 2])
-    common = [*SFT, "--model", str(tiny_model), "--data", str(rows)]
+    common = [*SFT, "--model", str(tiny_model), "--data", str(sft_rows(tmp_path))]
     run_wrpo([*common, "--output", str(tmp_path / "sft-one"), "--batch-size", "8"])
     run_wrpo([*common, "--output", str(tmp_path / "sft-two"), "--batch-size", "4"], ddp)
     assert_same_run(tmp_path / "sft-one", tmp_path / "sft-two", ("loss", "grad_norm"))
 
 
-@pytest.mark.parametrize("lora", [[], ["--lora-r", "4", "--merge-lora"]], ids=["full", "lora-merged"])
-def test_deepspeed_zero3_train_matches_one_process(tiny_model, quadruples, tmp_path, lora):
-    # The shipped accelerate and DeepSpeed configs, on 2 processes, with every weight split over them: by
-    # default ZeRO-3 keeps weights as small as a tiny model's whole on each process, and nothing would be.
+def zero3_launch(folder: Path) -> list[str]:
+    """The shipped accelerate and DeepSpeed configs on 2 processes, with every weight split over them:
+    by default ZeRO-3 keeps weights as small as a tiny model's whole on each process, and nothing would be."""
     split = json.loads((CONFIGS.parent / "deepspeed" / "zero3.json").read_text())
     split["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (tmp_path / "zero3-split.json").write_text(json.dumps(split))
+    (folder / "zero3-split.json").write_text(json.dumps(split))
     launch = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())
     del launch["mixed_precision"]  # the DeepSpeed file decides it ("auto": off here)
-    launch.update(num_processes=2, deepspeed_config={"deepspeed_config_file": str(tmp_path / "zero3-split.json"),
+    launch.update(num_processes=2, deepspeed_config={"deepspeed_config_file": str(folder / "zero3-split.json"),
                                                      "zero3_init_flag": True})
-    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(launch))
+    (folder / "zero3.yaml").write_text(yaml.safe_dump(launch))
+    return ["--config_file", str(folder / "zero3.yaml")]
+
+
+@pytest.mark.parametrize("lora", [[], ["--lora-r", "4", "--merge-lora"]], ids=["full", "lora-merged"])
+def test_deepspeed_zero3_train_matches_one_process(tiny_model, quadruples, tmp_path, lora):
     common = [*TRAIN, *lora, "--model", str(tiny_model), "--data", str(quadruples)]
     run_wrpo([*common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
-    run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"],
-             ["--config_file", str(tmp_path / "zero3.yaml")])
+    run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"], zero3_launch(tmp_path))
     # Not rewards/accuracies: ZeRO-3 computes full logits (no chunked head), and at step 2, where the policy
     # still equals the reference, chosen > rejected is decided by rounding.
     assert_same_run(tmp_path / "one", tmp_path / "zero3", ("loss", "rewards/margins", "alpha"))
+
+
+def test_deepspeed_zero3_sft_matches_one_process(tiny_model, tmp_path):
+    common = [*SFT, "--model", str(tiny_model), "--data", str(sft_rows(tmp_path))]
+    run_wrpo([*common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
+    run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"], zero3_launch(tmp_path))
+    assert_same_run(tmp_path / "one", tmp_path / "zero3", ("loss", "grad_norm"))
