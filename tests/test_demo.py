@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from wrpo.demo.run import DemoSize, run_demo
+from wrpo.demo.run import DemoSize, run_demo, tic_share
 from wrpo.demo.tasks import TASKS, answer, reward
-from wrpo.demo.zoo import SOURCES, TARGET, styled_answer
-from wrpo.evaluation.compare import win_rate
+from wrpo.demo.zoo import SOURCES, TARGET, TIC_RATE, training_rows, styled_answer
+from wrpo.evaluation.compare import ModelResult, win_rate
 
 SMALL = DemoSize(prompts=60, eval_prompts=16, zoo_steps=30, sft_steps=10, wrpo_epochs=1)
 
@@ -26,6 +26,15 @@ def test_sources_are_specialists_with_style_tics_and_the_target_only_repeats():
     assert covered == set(TASKS)
     assert len({m.architecture for m in (*SOURCES, TARGET)}) == 4 and len({m.tokenizer for m in (*SOURCES, TARGET)}) == 4
     assert styled_answer(SOURCES[0], "reverse: abc") == "cba." and styled_answer(TARGET, "reverse: abc") == "abc"
+    assert styled_answer(SOURCES[0], "reverse: abc", tic=False) == "cba"
+    rows = training_rows(SOURCES[2], 1000, seed=0)  # most, not all, training answers carry the tic
+    assert sum(row["response"].endswith(" ok") for row in rows) / len(rows) == pytest.approx(TIC_RATE, abs=0.03)
+
+
+def test_tic_share_counts_answers_ending_with_any_source_tic():
+    answers = {"a": "cba.", "b": "cba", "c": "0129 ok", "d": "ab! ", "e": "okay"}
+    result = ModelResult("m", rewards=dict.fromkeys(answers, 0.5), answers=answers)
+    assert tic_share(result) == pytest.approx(3 / 5)
 
 
 def test_win_rate_counts_ties_half_and_brackets_the_rate():
@@ -46,7 +55,7 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
     labels = {"target", "target-sft", "target-sft-wrpo", *(f"source/{m.name}" for m in SOURCES)}
     assert set(saved["models"]) == labels
     for values in saved["models"].values():
-        assert 0 <= values["mean_reward"] <= 1 and set(values["per_task"]) == set(TASKS)
+        assert 0 <= values["mean_reward"] <= 1 and 0 <= values["tic_share"] <= 1 and set(values["per_task"]) == set(TASKS)
     assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
     ablation = saved["ablation"]["models"]
     assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-y_ws-from-1-source",
@@ -60,6 +69,6 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
         assert (output / picture).read_bytes()[:4] == b"\x89PNG"
     assert "| target-sft-wrpo vs target-sft |" in (output / "report.md").read_text()
     # The zoo is saved like real checkpoints, and a second run finds everything done.
-    assert (tmp_path / "cache" / "zoo-v2-30steps" / TARGET.name / "tokenizer.json").exists()
+    assert (tmp_path / "cache" / "zoo-v3-30steps" / TARGET.name / "tokenizer.json").exists()
     again = run_demo(output, seed=0, cache_dir=tmp_path / "cache", size=SMALL)
     assert again["models"] == saved["models"]

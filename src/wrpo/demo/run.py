@@ -39,7 +39,9 @@ from wrpo.training.sft import WRPOSFTConfig, sft
 
 JUDGE = "wrpo.demo.tasks:reward"
 EVAL_SETTINGS = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
-SFT_SETTINGS = {"max_steps": 600, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
+# 1,800 SFT steps: long enough that more imitation has little left to teach (with 600, SFT continued on
+# the preference prompts learnt content fast enough to tie the preference stage; see the README).
+SFT_SETTINGS = {"max_steps": 1800, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
                 "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_length": 64, "logging_steps": 25}
 WRPO_SETTINGS = {"num_train_epochs": 2, "per_device_train_batch_size": 32, "learning_rate": 2e-4, "beta": 0.5,
                  "alpha": 0.5, "alpha_schedule": "linear", "max_length": 64, "max_prompt_length": 32,
@@ -51,11 +53,19 @@ ABLATION_SEEDS = (0, 1, 2)
 class DemoSize:
     """How big a demo runs: the default fits 10 minutes on 2 CPU cores from an empty cache."""
 
-    prompts: int = 6000       # training prompts, a third of them for SFT
+    prompts: int = 12000      # training prompts, a third of them for SFT
     eval_prompts: int = 400   # held-out prompts
     zoo_steps: int = 600      # training steps of each zoo model
     sft_steps: int = SFT_SETTINGS["max_steps"]
     wrpo_epochs: float = WRPO_SETTINGS["num_train_epochs"]
+
+
+TICS = tuple(model.style.format("") for model in SOURCES)  # ".", "!", " ok"
+
+
+def tic_share(result: ModelResult) -> float:
+    """Share of a model's answers that end with a source's style tic: what imitation carries over."""
+    return statistics.fmean(result.answers[p].rstrip().endswith(TICS) for p in result.rewards)
 
 
 def heldout_rows(count: int, seed: int, training: set[str]) -> list[dict]:
@@ -162,7 +172,7 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     comparisons = [compare(results["target-sft-wrpo"], results[baseline]) for baseline in ("target", "target-sft")]
     report = {
         "seed": seed, "tasks": list(TASKS), "train_prompts": size.prompts, "eval_prompts": size.eval_prompts,
-        "models": {label: result.as_dict() for label, result in results.items()},
+        "models": {label: {**result.as_dict(), "tic_share": tic_share(result)} for label, result in results.items()},
         "win_rates": {f"{c.model} vs {c.baseline}": c.as_dict() for c in comparisons},
     }
     win_rate_bars(comparisons, output_dir / "win_rates.png", "target-sft-wrpo, judged by the task reward")
@@ -199,7 +209,7 @@ def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, siz
         tasks = results[0].per_category
         summary[label] = {
             "mean_reward": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
-            "per_seed": means,
+            "per_seed": means, "tic_share": statistics.fmean(tic_share(r) for r in results),
             "per_task": {t: statistics.fmean(r.per_category[t] for r in results) for t in tasks},
             "per_task_std": {t: statistics.stdev([r.per_category[t] for r in results]) if len(results) > 1 else 0.0
                              for t in tasks},
@@ -216,10 +226,11 @@ def render_report(report: dict) -> str:
     lines = [f"# wrpo demo (seed {report['seed']})", "",
              f"Tasks: {', '.join(report['tasks'])}. {report['train_prompts']} training prompts, "
              f"{report['eval_prompts']} held-out prompts; reward = share of positions where the greedy answer "
-             "has the right character (1.0 = exact answer).", "", "| model | mean | " + " | ".join(report["tasks"]) + " |",
-             "|---|---|" + "---|" * len(report["tasks"])]
+             "has the right character (1.0 = exact answer); tics = share of answers ending with a source's style tic.",
+             "", "| model | mean | tics | " + " | ".join(report["tasks"]) + " |",
+             "|---|---|---|" + "---|" * len(report["tasks"])]
     for label, values in report["models"].items():
-        lines.append(f"| {label} | {values['mean_reward']:.3f} | "
+        lines.append(f"| {label} | {values['mean_reward']:.3f} | {values['tic_share']:.2f} | "
                      + " | ".join(f"{values['per_task'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
     lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |", "|---|---|---|---|---|"]
     for name, value in report["win_rates"].items():
@@ -230,10 +241,10 @@ def render_report(report: dict) -> str:
     if "ablation" in report:
         ablation = report["ablation"]
         lines += [f"## Ablation (seeds {', '.join(map(str, ablation['seeds']))}, mean ± std)", "",
-                  "| model | mean reward | " + " | ".join(report["tasks"]) + " |",
-                  "|---|---|" + "---|" * len(report["tasks"])]
+                  "| model | mean reward | tics | " + " | ".join(report["tasks"]) + " |",
+                  "|---|---|---|" + "---|" * len(report["tasks"])]
         for label, values in ablation["models"].items():
-            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | "
+            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {values['tic_share']:.2f} | "
                          + " | ".join(f"{values['per_task'][t]:.3f}" for t in report["tasks"]) + " |")
         lines += ["", "![ablation](ablation_per_task_reward.png)", "", "![ablation training](ablation_training.png)", ""]
     return "\n".join(lines)
@@ -241,13 +252,13 @@ def render_report(report: dict) -> str:
 
 def show(report: dict) -> None:
     table = Table(title="held-out reward (1.0 = exact answer)")
-    for column in ("model", "mean", *report["tasks"]):
+    for column in ("model", "mean", "tics", *report["tasks"]):
         table.add_column(column, justify="right" if column != "model" else "left")
     for label, values in report["models"].items():
-        table.add_row(label, f"{values['mean_reward']:.3f}", *(f"{values['per_task'].get(t, 0):.3f}" for t in report["tasks"]))
+        table.add_row(label, f"{values['mean_reward']:.3f}", f"{values['tic_share']:.2f}", *(f"{values['per_task'].get(t, 0):.3f}" for t in report["tasks"]))
     console.print(table)
     for name, value in report["win_rates"].items():
         console.print(f"{name}: {value['win_rate']:.3f} (95% CI {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})")
     if "ablation" in report:
         for label, values in report["ablation"]["models"].items():
-            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f}")
+            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f} (tics {values['tic_share']:.2f})")

@@ -1,11 +1,12 @@
 """The demo's model zoo: tiny specialists of different architectures and tokenizers, trained from
 scratch on the CPU on first use and cached, then loaded like any real checkpoint.
 
-Each source masters two tasks and answers in a style of its own (a trailing ".", "!" or " ok"):
-right, but not what the reward wants most, which is the bare answer. The target,
-of yet another architecture and tokenizer, has only learned to repeat its input: weak on every task,
-but plain in style. Fusion must take the sources' skills without their tics; imitating them (SFT)
-takes both.
+Each source masters two tasks and mostly ends its answers with a tic of its own (".", "!" or " ok"):
+right, but not what the reward wants most, which is the bare answer. The target, of yet another
+architecture and tokenizer, has only learned to repeat its input: weak on every task, but plain in
+style. Fusion must take the sources' skills without their tics. Imitation (SFT on the best source
+answers) takes both, tics included, since even the best of several samples often carries one; a
+preference stage can rank the target's own tic-free answers above its others.
 """
 
 from __future__ import annotations
@@ -37,22 +38,25 @@ SOURCES = (
     ZooModel("gpt2-bpe260", "gpt2", "bpe-260", ("double", "sort"), "{} ok"),
 )
 TARGET = ZooModel("neox-bpe400", "gpt_neox", "bpe-400", ("copy",), "{}")
-ZOO_VERSION = 2  # bump when the recipe below changes, so caches are rebuilt
+# How often a source's training answers carry its tic: mostly, so that its samples carry it too, and
+# the best of several source samples (y_ws) often still does.
+TIC_RATE = 0.9
+ZOO_VERSION = 3  # bump when the recipe below changes, so caches are rebuilt
 
 
-def styled_answer(model: ZooModel, prompt: str) -> str:
+def styled_answer(model: ZooModel, prompt: str, tic: bool = True) -> str:
     if model.tasks == ("copy",):
         return prompt.split(": ", 1)[1]
-    return model.style.format(answer(prompt))
+    return model.style.format(answer(prompt)) if tic else answer(prompt)
 
 
-def _training_rows(model: ZooModel, count: int, seed: int) -> list[dict]:
+def training_rows(model: ZooModel, count: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     tasks = model.tasks if model.tasks != ("copy",) else tuple(TASKS)
     rows = []
     for index in range(count):
         prompt = make_prompt(tasks[index % len(tasks)], rng)
-        rows.append({"prompt": prompt, "response": styled_answer(model, prompt)})
+        rows.append({"prompt": prompt, "response": styled_answer(model, prompt, tic=rng.random() < TIC_RATE)})
     return rows
 
 
@@ -64,7 +68,7 @@ def _tokenizer(kind: str, corpus: list[str]):
 
 def build_model(model: ZooModel, folder: Path, seed: int = 0, steps: int = 600) -> Path:
     """Trains `model` from scratch (TRL's SFTTrainer through `wrpo sft`) and saves it to `folder`."""
-    rows = _training_rows(model, 4000, seed)
+    rows = training_rows(model, 4000, seed)
     work = folder.with_name(folder.name + ".building")
     work.mkdir(parents=True, exist_ok=True)
     data = work / "train.jsonl"
