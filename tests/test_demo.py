@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from wrpo.demo.run import DemoSize, run_demo, tic_share
+from wrpo.demo.run import DemoSize, run_demo, style_metrics
 from wrpo.demo.tasks import TASKS, answer, reward
 from wrpo.demo.zoo import SOURCES, TARGET, TIC_RATE, training_rows, styled_answer
 from wrpo.evaluation.compare import ModelResult, win_rate
@@ -31,10 +31,13 @@ def test_sources_are_specialists_with_style_tics_and_the_target_only_repeats():
     assert sum(row["response"].endswith(" ok") for row in rows) / len(rows) == pytest.approx(TIC_RATE, abs=0.03)
 
 
-def test_tic_share_counts_answers_ending_with_any_source_tic():
+def test_style_metrics_count_source_tics_and_judge_the_answers_without_them():
+    prompts = {"a": "reverse: abc", "b": "reverse: abc", "c": "sort: 9210", "d": "reverse: ba", "e": "rotate: yoka"}
     answers = {"a": "cba.", "b": "cba", "c": "0129 ok", "d": "ab! ", "e": "okay"}
-    result = ModelResult("m", rewards=dict.fromkeys(answers, 0.5), answers=answers)
-    assert tic_share(result) == pytest.approx(3 / 5)
+    result = ModelResult("m", rewards={p: reward(prompts[p], answers[p]) for p in prompts}, answers=answers)
+    metrics = style_metrics(result, prompts)
+    assert metrics["tic_share"] == pytest.approx(3 / 5)
+    assert metrics["content_reward"] == 1.0 and result.mean_reward < 1.0  # right answers, marked down for the tics
 
 
 def test_win_rate_counts_ties_half_and_brackets_the_rate():
@@ -55,7 +58,8 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
     labels = {"target", "target-sft", "target-sft-wrpo", *(f"source/{m.name}" for m in SOURCES)}
     assert set(saved["models"]) == labels
     for values in saved["models"].values():
-        assert 0 <= values["mean_reward"] <= 1 and 0 <= values["tic_share"] <= 1 and set(values["per_task"]) == set(TASKS)
+        assert 0 <= values["mean_reward"] <= values["content_reward"] <= 1 and 0 <= values["tic_share"] <= 1
+        assert set(values["per_task"]) == set(TASKS)
     assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
     ablation = saved["ablation"]["models"]
     assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-y_ws-from-1-source",

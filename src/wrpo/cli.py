@@ -17,18 +17,13 @@ app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Prefere
 def main() -> None:
     """Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO)."""
     import logging as python_logging
-    import os
 
-    import torch
     from transformers.utils import logging
 
     # Loading and saving a checkpoint draw bars of their own; keep the terminal for stage progress.
     logging.disable_progress_bar()
-    # Optional engines that transformers and peft import whenever installed warn on a CPU-only machine
-    # about what they do not use there: DeepSpeed that it falls back to the CPU, bitsandbytes that an
-    # optional CPU kernel package is missing.
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # peft imports bitsandbytes whenever it is installed, which on a CPU then warns at every command
+    # that an optional kernel package is missing.
     python_logging.getLogger("bitsandbytes").setLevel(python_logging.ERROR)
 
 

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from wrpo.data.construct import build_pairs, read_preference_prompts
 from wrpo.data.resumable import write_jsonl_atomically
-from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows
+from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
@@ -39,8 +39,8 @@ from wrpo.training.sft import WRPOSFTConfig, sft
 
 JUDGE = "wrpo.demo.tasks:reward"
 EVAL_SETTINGS = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
-# 1,800 SFT steps: long enough that more imitation has little left to teach (with 600, SFT continued on
-# the preference prompts learnt content fast enough to tie the preference stage; see the README).
+# 1,800 SFT steps: with 600, SFT continued on the preference prompts still learnt content fast enough to
+# tie the preference stage on the reward; with three times as many it gains less (see the README).
 SFT_SETTINGS = {"max_steps": 1800, "per_device_train_batch_size": 64, "learning_rate": 3e-3,
                 "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_length": 64, "logging_steps": 25}
 WRPO_SETTINGS = {"num_train_epochs": 2, "per_device_train_batch_size": 32, "learning_rate": 2e-4, "beta": 0.5,
@@ -63,9 +63,25 @@ class DemoSize:
 TICS = tuple(model.style.format("") for model in SOURCES)  # ".", "!", " ok"
 
 
-def tic_share(result: ModelResult) -> float:
-    """Share of a model's answers that end with a source's style tic: what imitation carries over."""
-    return statistics.fmean(result.answers[p].rstrip().endswith(TICS) for p in result.rewards)
+def without_tic(answer: str) -> str:
+    text = answer.rstrip()
+    for tic in TICS:
+        if text.endswith(tic):
+            return text[: -len(tic)]
+    return text
+
+
+def style_metrics(result: ModelResult, prompts: dict[str, str]) -> dict[str, float]:
+    """tic_share: the share of a model's answers that end with a source's style tic (what imitating
+    the sources carries over); content_reward: the reward with that tic cut off (what the answers
+    know, whatever their style). The reward itself counts both."""
+    return {"tic_share": statistics.fmean(without_tic(result.answers[p]) != result.answers[p].rstrip()
+                                          for p in result.rewards),
+            "content_reward": statistics.fmean(reward(prompts[p], without_tic(result.answers[p])) for p in result.rewards)}
+
+
+def prompt_texts(eval_prompts: Path) -> dict[str, str]:
+    return {row["prompt_id"]: row["prompt"] for row in map(json.loads, eval_prompts.open())}
 
 
 def heldout_rows(count: int, seed: int, training: set[str]) -> list[dict]:
@@ -172,7 +188,8 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     comparisons = [compare(results["target-sft-wrpo"], results[baseline]) for baseline in ("target", "target-sft")]
     report = {
         "seed": seed, "tasks": list(TASKS), "train_prompts": size.prompts, "eval_prompts": size.eval_prompts,
-        "models": {label: {**result.as_dict(), "tic_share": tic_share(result)} for label, result in results.items()},
+        "models": {label: {**result.as_dict(), **style_metrics(result, prompt_texts(eval_prompts))}
+                   for label, result in results.items()},
         "win_rates": {f"{c.model} vs {c.baseline}": c.as_dict() for c in comparisons},
     }
     win_rate_bars(comparisons, output_dir / "win_rates.png", "target-sft-wrpo, judged by the task reward")
@@ -204,12 +221,15 @@ def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, siz
             curves = {label: folder / "metrics.jsonl" for label, folder in models.items()
                       if label.startswith(("target-sft-wrpo", "target-sft-dpo", "wrpo-"))}
     summary = {}
+    prompts = prompt_texts(eval_prompts)
     for label, results in per_seed.items():
         means = [r.mean_reward for r in results]
         tasks = results[0].per_category
+        style = [style_metrics(r, prompts) for r in results]
         summary[label] = {
             "mean_reward": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
-            "per_seed": means, "tic_share": statistics.fmean(tic_share(r) for r in results),
+            "per_seed": means, **{name: statistics.fmean(m[name] for m in style) for name in style[0]},
+            "content_per_seed": [m["content_reward"] for m in style],
             "per_task": {t: statistics.fmean(r.per_category[t] for r in results) for t in tasks},
             "per_task_std": {t: statistics.stdev([r.per_category[t] for r in results]) if len(results) > 1 else 0.0
                              for t in tasks},
@@ -226,11 +246,12 @@ def render_report(report: dict) -> str:
     lines = [f"# wrpo demo (seed {report['seed']})", "",
              f"Tasks: {', '.join(report['tasks'])}. {report['train_prompts']} training prompts, "
              f"{report['eval_prompts']} held-out prompts; reward = share of positions where the greedy answer "
-             "has the right character (1.0 = exact answer); tics = share of answers ending with a source's style tic.",
-             "", "| model | mean | tics | " + " | ".join(report["tasks"]) + " |",
-             "|---|---|---|" + "---|" * len(report["tasks"])]
+             "has the right character (1.0 = exact answer); tics = share of answers ending with a source's style tic;",
+             "content = the reward with the tic cut off.",
+             "", "| model | mean | tics | content | " + " | ".join(report["tasks"]) + " |",
+             "|---|---|---|---|" + "---|" * len(report["tasks"])]
     for label, values in report["models"].items():
-        lines.append(f"| {label} | {values['mean_reward']:.3f} | {values['tic_share']:.2f} | "
+        lines.append(f"| {label} | {values['mean_reward']:.3f} | {values['tic_share']:.2f} | {values['content_reward']:.3f} | "
                      + " | ".join(f"{values['per_task'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
     lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |", "|---|---|---|---|---|"]
     for name, value in report["win_rates"].items():
@@ -241,10 +262,11 @@ def render_report(report: dict) -> str:
     if "ablation" in report:
         ablation = report["ablation"]
         lines += [f"## Ablation (seeds {', '.join(map(str, ablation['seeds']))}, mean ± std)", "",
-                  "| model | mean reward | tics | " + " | ".join(report["tasks"]) + " |",
-                  "|---|---|---|" + "---|" * len(report["tasks"])]
+                  "| model | mean reward | tics | content | " + " | ".join(report["tasks"]) + " |",
+                  "|---|---|---|---|" + "---|" * len(report["tasks"])]
         for label, values in ablation["models"].items():
             lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {values['tic_share']:.2f} | "
+                         f"{values['content_reward']:.3f} | "
                          + " | ".join(f"{values['per_task'][t]:.3f}" for t in report["tasks"]) + " |")
         lines += ["", "![ablation](ablation_per_task_reward.png)", "", "![ablation training](ablation_training.png)", ""]
     return "\n".join(lines)
@@ -252,13 +274,14 @@ def render_report(report: dict) -> str:
 
 def show(report: dict) -> None:
     table = Table(title="held-out reward (1.0 = exact answer)")
-    for column in ("model", "mean", "tics", *report["tasks"]):
+    for column in ("model", "mean", "tics", "content", *report["tasks"]):
         table.add_column(column, justify="right" if column != "model" else "left")
     for label, values in report["models"].items():
-        table.add_row(label, f"{values['mean_reward']:.3f}", f"{values['tic_share']:.2f}", *(f"{values['per_task'].get(t, 0):.3f}" for t in report["tasks"]))
+        table.add_row(label, f"{values['mean_reward']:.3f}", f"{values['tic_share']:.2f}",
+                      f"{values['content_reward']:.3f}", *(f"{values['per_task'].get(t, 0):.3f}" for t in report["tasks"]))
     console.print(table)
     for name, value in report["win_rates"].items():
         console.print(f"{name}: {value['win_rate']:.3f} (95% CI {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})")
     if "ablation" in report:
         for label, values in report["ablation"]["models"].items():
-            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f} (tics {values['tic_share']:.2f})")
+            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f} (tics {values['tic_share']:.2f}, content {values['content_reward']:.3f})")
