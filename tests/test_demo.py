@@ -62,8 +62,8 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
         assert set(values["per_task"]) == set(TASKS)
     assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
     ablation = saved["ablation"]["models"]
-    assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "wrpo-y_ws-from-1-source",
-            "wrpo-y_ws-from-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
+    assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "target-sft-rft",
+            "wrpo-y_ws-from-1-source", "wrpo-y_ws-from-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
     training = {json.loads(line)["prompt"] for s in (0, 1) for line in (output / f"run-seed{s}" / "prompts.jsonl").open()}
     held_out = [json.loads(line)["prompt"] for line in (output / "eval_prompts.jsonl").open()]
     assert len(set(held_out)) == len(held_out) == SMALL.eval_prompts and not training & set(held_out)

@@ -8,8 +8,9 @@ held-out prompts by the same reward, and DIR/report.md, report.json and PNG plot
 
 With --ablation the pipeline runs for three seeds, and from each seed's target-sft the comparisons
 of the paper are trained on the same quadruples: DPO (alpha 0), WRPO with constant alpha, alpha
-fixed at 1, continued SFT on y_ws (same steps), and WRPO whose y_ws come from 1 or 2 of the three
-sources (only the preference stage is restricted: target-sft learnt from all three).
+fixed at 1, continued SFT (same steps) on y_ws and on the better of y_ws and y_wt, and WRPO whose y_ws
+come from 1 or 2 of the three sources (only the preference stage is restricted: target-sft learnt
+from all three).
 """
 
 from __future__ import annotations
@@ -154,17 +155,25 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
                                                           **{**settings, **overrides})))
               for label, (overrides, data) in runs.items()]
 
-    # The sceptic's baseline: plain SFT continued on the preference prompts' y_ws, with the SFT
-    # stage's settings, for as many steps of the same batch size as WRPO takes.
+    # The sceptic's baselines: plain SFT continued, with the SFT stage's settings, for as many steps of
+    # the same batch size as WRPO takes; on the preference prompts' y_ws, and (rejection-sampling SFT)
+    # on whichever of y_ws and y_wt the reward scored higher in each quadruple.
     sft_settings = {**SFT_SETTINGS, "seed": seed, "max_steps": steps,
                     "per_device_train_batch_size": WRPO_SETTINGS["per_device_train_batch_size"]}
-    rows = write_jsonl_atomically(variants_dir / "sft-on-preference-prompts.jsonl", [
-        {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["source_responses"][0]["text"]}
-        for _, row in read_preference_prompts(preference)])
-    stages.append(Stage("ablation/target-sft-sft", [str(target_sft), str(rows)], sft_settings,
-                        [variants_dir / "target-sft-sft"],
-                        lambda: sft(str(target_sft), rows, WRPOSFTConfig(output_dir=str(variants_dir / "target-sft-sft"),
-                                                                         **sft_settings))))
+    sft_data = {
+        "target-sft-sft": [{"prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                            "response": row["source_responses"][0]["text"]}
+                           for _, row in read_preference_prompts(preference)],
+        "target-sft-rft": [{"prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                            "response": row["chosen_target"] if row["meta"]["chosen_target_score"]
+                            > row["meta"]["source_scores"][0] else row["chosen_source"][0]}
+                           for row in map(json.loads, quadruples.open())],
+    }
+    for label, data in sft_data.items():
+        rows = write_jsonl_atomically(variants_dir / f"{label}.jsonl", data)
+        stages.append(Stage(f"ablation/{label}", [str(target_sft), str(rows)], sft_settings, [variants_dir / label],
+                            lambda label=label, rows=rows: sft(
+                                str(target_sft), rows, WRPOSFTConfig(output_dir=str(variants_dir / label), **sft_settings))))
     # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
     run_stages(stages, work / ".wrpo" / "stages")
     return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}
