@@ -26,6 +26,7 @@ import yaml
 from rich.table import Table
 
 from wrpo.data.construct import build_pairs, read_preference_prompts
+from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
@@ -76,13 +77,13 @@ def style_metrics(result: ModelResult, prompts: dict[str, str]) -> dict[str, flo
     """tic_share: the share of a model's answers that end with a source's style tic (what imitating
     the sources carries over); content_reward: the reward with that tic cut off (what the answers
     know, whatever their style). The reward itself counts both."""
-    return {"tic_share": statistics.fmean(without_tic(result.answers[p]) != result.answers[p].rstrip()
-                                          for p in result.rewards),
-            "content_reward": statistics.fmean(reward(prompts[p], without_tic(result.answers[p])) for p in result.rewards)}
+    bare = {p: without_tic(result.answers[p]) for p in result.rewards}
+    return {"tic_share": statistics.fmean(bare[p] != result.answers[p].rstrip() for p in bare),
+            "content_reward": statistics.fmean(reward(prompts[p], bare[p]) for p in bare)}
 
 
 def prompt_texts(eval_prompts: Path) -> dict[str, str]:
-    return {row["prompt_id"]: row["prompt"] for row in map(json.loads, eval_prompts.open())}
+    return {row["prompt_id"]: row["prompt"] for _, row in read_rows(eval_prompts)}
 
 
 def heldout_rows(count: int, seed: int, training: set[str]) -> list[dict]:
@@ -167,7 +168,7 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
         "target-sft-rft": [{"prompt_id": row["prompt_id"], "prompt": row["prompt"],
                             "response": row["chosen_target"] if row["meta"]["chosen_target_score"]
                             > row["meta"]["source_scores"][0] else row["chosen_source"][0]}
-                           for row in map(json.loads, quadruples.open())],
+                           for _, row in read_rows(quadruples)],
     }
     for label, data in sft_data.items():
         rows = write_jsonl_atomically(variants_dir / f"{label}.jsonl", data)
@@ -194,11 +195,11 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
               "target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo"}
     results = evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}")
+    prompts = prompt_texts(eval_prompts)
     comparisons = [compare(results["target-sft-wrpo"], results[baseline]) for baseline in ("target", "target-sft")]
     report = {
         "seed": seed, "tasks": list(TASKS), "train_prompts": size.prompts, "eval_prompts": size.eval_prompts,
-        "models": {label: {**result.as_dict(), **style_metrics(result, prompt_texts(eval_prompts))}
-                   for label, result in results.items()},
+        "models": {label: {**result.as_dict(), **style_metrics(result, prompts)} for label, result in results.items()},
         "win_rates": {f"{c.model} vs {c.baseline}": c.as_dict() for c in comparisons},
     }
     win_rate_bars(comparisons, output_dir / "win_rates.png", "target-sft-wrpo, judged by the task reward")
