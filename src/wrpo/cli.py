@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from wrpo.errors import InputError
 
+
+class WRPOGroup(TyperGroup):
+    """The `wrpo` command group: every command's InputError becomes one line on stderr and exit
+    status 2, here and only here; train and sft are built when asked for (see _training_command)."""
+
+    lazy = {"train": "WRPO-train a model on quadruples (prompt, best source response, best target response, "
+                     "worst response).",
+            "sft": "Supervised fine-tuning on (prompt, best source response), the loss on response tokens only."}
+    listing = False
+
+    def list_commands(self, ctx) -> list[str]:
+        return [*self.lazy, *super().list_commands(ctx)]
+
+    def format_commands(self, ctx, formatter) -> None:
+        self.listing = True  # `wrpo --help` lists train and sft by their summaries, without building them
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.listing = False
+
+    def get_command(self, ctx, name: str):
+        if name in self.lazy:
+            return TyperCommand(name, help=self.lazy[name]) if self.listing else _training_command(name)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InputError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO).",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  cls=WRPOGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   rich_markup_mode=None)
 
 
@@ -53,86 +88,48 @@ def _end_distributed(message: str) -> None:
         typer.echo(message)
 
 
-def _fail(error: InputError) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(2)
+def _option_parameters(flags) -> list[inspect.Parameter]:
+    """Typer options for settings flags (wrpo.training.settings.Flag), None where not given so that
+    a flag overrides --config only when typed."""
+    parameters = []
+    for flag in flags:
+        name = "--" + flag.name.replace("_", "-")
+        declaration = f"{name}/--no-{name[2:]}" if flag.type is bool else name
+        parameters.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, annotation=flag.type,
+                                            default=typer.Option(None, declaration, help=flag.help)))
+    return parameters
 
 
-@app.command()
-def train(
-    model: str = typer.Option(None, help="Starting model: a folder saved with save_pretrained (or a Hub id)."),
-    data: str = typer.Option(None, help="Quadruples: .jsonl, .parquet or a datasets folder."),
-    output: str = typer.Option(None, help="Output folder: model, tokenizer, metrics.jsonl, checkpoints."),
-    ref_model: str = typer.Option(None, help="Reference model (default: a frozen copy of --model)."),
-    beta: float = typer.Option(None, help="Reward scale beta [0.01]."),
-    alpha: float = typer.Option(None, help="alpha_max, the final source weight of the fused chosen reward [0.1]."),
-    alpha_schedule: str = typer.Option(None, help="linear (0 -> alpha_max) or constant [linear]."),
-    loss: str = typer.Option(None, help="Objective form: dpo, simpo or ipo [dpo]."),
-    gamma: float = typer.Option(None, help="Reward margin of the simpo form [0.5]."),
-    label_smoothing: float = typer.Option(None, help="Label smoothing of the dpo/simpo forms [0]."),
-    lr: float = typer.Option(None, help="Peak learning rate [3e-7]."),
-    batch_size: int = typer.Option(None, help="Quadruples per device per step [8]."),
-    grad_accum: int = typer.Option(None, help="Gradient accumulation steps [1]."),
-    epochs: float = typer.Option(None, help="Epochs [1]."),
-    max_steps: int = typer.Option(None, help="Optimizer steps; overrides --epochs when positive."),
-    max_length: int = typer.Option(None, help="Prompt + response tokens [2048]."),
-    max_prompt_length: int = typer.Option(None, help="Prompt tokens, cut from the left [1800]."),
-    top_k_sources: int = typer.Option(None, help="Source responses per prompt [1]."),
-    source_weighting: str = typer.Option(None, help="uniform or score [uniform]."),
-    logging_steps: int = typer.Option(None, help="Log every N steps [1]."),
-    save_steps: int = typer.Option(None, help="Checkpoint every N steps [100]."),
-    seed: int = typer.Option(None, help="Random seed [42]."),
-    lora_r: int = typer.Option(None, help="LoRA rank (peft); 0 trains every weight [0]."),
-    lora_alpha: int = typer.Option(None, help="LoRA alpha [16]."),
-    lora_target_modules: str = typer.Option(None, help="'all-linear' or comma-separated module names [all-linear]."),
-    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-load-in-4bit",
-                                      help="QLoRA: the base in 4-bit NF4 (bitsandbytes); needs --lora-r [no]."),
-    merge_lora: bool = typer.Option(None, "--merge-lora/--no-merge-lora", help="Save with adapters merged [no]."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint in --output [resume]."),
-    config: Path = typer.Option(None, help="YAML file of settings (flag names or WRPOConfig fields); flags override it."),
-):
-    """WRPO-train a model on quadruples (prompt, best source response, best target response, worst response)."""
-    flags = {name: value for name, value in locals().items() if name != "config"}
-    from wrpo.training.config import WRPOConfig
-    from wrpo.training.run import train as run_training
-    from wrpo.training.settings import resolve_settings
+def _training_command(kind: str):
+    """`wrpo train` or `wrpo sft`, its flags made from the config class's fields. Built only when
+    that command is asked for: the config classes import torch, transformers and TRL (seconds)."""
+    from wrpo.training.settings import RUN_OPTIONS, Flag, flags_of, resolve_settings
 
-    try:
-        settings = resolve_settings(WRPOConfig, flags, config)
-        output_dir = run_training(settings.model, settings.data, settings.config,
-                                  ref_model=settings.ref_model, resume=settings.resume)
-    except InputError as error:
-        _fail(error)
-    _end_distributed(f"saved the trained model to {output_dir}")
+    if kind == "train":
+        from wrpo.training.config import WRPOConfig as config_class
+        from wrpo.training.run import train as fit
 
+        run_keys, done = ("model", "data", "output", "ref_model", "resume"), "saved the trained model to"
+    else:
+        from wrpo.training.sft import WRPOSFTConfig as config_class, sft as fit
 
-@app.command()
-def sft(
-    model: str = typer.Option(None, help="Target model: a folder saved with save_pretrained (or a Hub id)."),
-    data: str = typer.Option(None, help="SFT rows {prompt, response} (wrpo build sft writes them)."),
-    output: str = typer.Option(None, help="Output folder: model, tokenizer, metrics.jsonl, checkpoints."),
-    lr: float = typer.Option(None, help="Peak learning rate [7e-6]."),
-    batch_size: int = typer.Option(None, help="Examples per device per step [8]."),
-    grad_accum: int = typer.Option(None, help="Gradient accumulation steps [1]."),
-    epochs: float = typer.Option(None, help="Epochs [1]."),
-    max_steps: int = typer.Option(None, help="Optimizer steps; overrides --epochs when positive."),
-    max_length: int = typer.Option(None, help="Prompt + response tokens [2048]."),
-    save_steps: int = typer.Option(None, help="Checkpoint every N steps [100]."),
-    seed: int = typer.Option(None, help="Random seed [42]."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint in --output [resume]."),
-    config: Path = typer.Option(None, help="YAML file of settings (flag names or SFTConfig fields); flags override it."),
-):
-    """Supervised fine-tuning on (prompt, best source response), the loss on response tokens only (TRL's SFTTrainer)."""
-    flags = {name: value for name, value in locals().items() if name != "config"}
-    from wrpo.training.settings import resolve_settings
-    from wrpo.training.sft import WRPOSFTConfig, sft as run_sft
+        run_keys, done = ("model", "data", "output", "resume"), "saved the fine-tuned model to"
 
-    try:
-        settings = resolve_settings(WRPOSFTConfig, flags, config, run_keys=("model", "data", "resume"))
-        output_dir = run_sft(settings.model, settings.data, settings.config, resume=settings.resume)
-    except InputError as error:
-        _fail(error)
-    _end_distributed(f"saved the fine-tuned model to {output_dir}")
+    def command(**values):
+        config = values.pop("config")
+        settings = resolve_settings(config_class, values, config)
+        extra = {"ref_model": settings.ref_model} if "ref_model" in run_keys else {}
+        output_dir = fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra)
+        _end_distributed(f"{done} {output_dir}")
+
+    run_flags = [Flag(key, key, bool if key == "resume" else str, None, RUN_OPTIONS[key]) for key in run_keys]
+    config_option = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
+        None, help=f"YAML file of settings (flag names or {config_class.__name__} fields); flags override it."))
+    command.__signature__ = inspect.Signature([*_option_parameters(run_flags + flags_of(config_class)), config_option])
+    command.__doc__ = WRPOGroup.lazy[kind] + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config."
+    single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+    single.command(name=kind)(command)
+    return typer.main.get_command(single)
 
 
 @app.command()
@@ -159,16 +156,13 @@ def sample(
     from wrpo.generation.backends import BACKENDS, SamplingSettings
     from wrpo.generation.sample import sample as run_sample
 
-    try:
-        if backend not in BACKENDS:
-            raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        shard_of = _shard(shard)
-        options = {"vllm": dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size),
-                   "openai": dict(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)}.get(backend, {})
-        written = run_sample(model, prompts, output, SamplingSettings(n, temperature, top_p, max_new_tokens, seed),
-                             backend=backend, shard=shard_of, batch_size=batch_size, name=name, **options)
-    except InputError as error:
-        _fail(error)
+    if backend not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    shard_of = _shard(shard)
+    options = {"vllm": dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size),
+               "openai": dict(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)}.get(backend, {})
+    written = run_sample(model, prompts, output, SamplingSettings(n, temperature, top_p, max_new_tokens, seed),
+                         backend=backend, shard=shard_of, batch_size=batch_size, name=name, **options)
     typer.echo(f"wrote {written}")
 
 
@@ -184,11 +178,8 @@ def score(
     """Score every sampled response with a reward model or a Python function; resumable."""
     from wrpo.reward.score import score as run_score
 
-    try:
-        written = run_score(responses, reward_model, output, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                            shard=_shard(shard))
-    except InputError as error:
-        _fail(error)
+    written = run_score(responses, reward_model, output, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                        shard=_shard(shard))
     typer.echo(f"wrote {written}")
 
 
@@ -200,10 +191,7 @@ def merge(
     """Join the outputs of --shard I/N runs of sample or score into one file (no row twice)."""
     from wrpo.data.resumable import merge_jsonl, model_prompt_key
 
-    try:
-        written = merge_jsonl(inputs, output, key=model_prompt_key)
-    except InputError as error:
-        _fail(error)
+    written = merge_jsonl(inputs, output, key=model_prompt_key)
     typer.echo(f"wrote {written}")
 
 
@@ -222,10 +210,7 @@ def build_sft_command(
     """Pick the best source response per prompt and split prompts between SFT and preference learning."""
     from wrpo.data.construct import build_sft
 
-    try:
-        build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed)
-    except InputError as error:
-        _fail(error)
+    build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed)
 
 
 @build_app.command("pairs")
@@ -238,10 +223,7 @@ def build_pairs_command(
     """Join the best source responses with target-sft's best and worst samples into quadruples."""
     from wrpo.data.construct import build_pairs
 
-    try:
-        build_pairs(preference_prompts, target_scores, output, top_k_sources=top_k_sources)
-    except InputError as error:
-        _fail(error)
+    build_pairs(preference_prompts, target_scores, output, top_k_sources=top_k_sources)
 
 
 @app.command()
@@ -249,10 +231,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/).")):
     """Run every pipeline stage of a recipe that is not yet done: sample, score, build, SFT, WRPO."""
     from wrpo.pipeline.run import run_recipe
 
-    try:
-        statuses = run_recipe(recipe)
-    except InputError as error:
-        _fail(error)
+    statuses = run_recipe(recipe)
     typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
 
 
@@ -273,16 +252,13 @@ def evaluate(
     from wrpo.evaluation.run import parse_models, run_eval
     from wrpo.generation.backends import SamplingSettings
 
-    try:
-        formats = tuple(filter(None, (f.strip() for f in export.split(","))))
-        unknown = [f for f in formats if f not in FORMATS]
-        if unknown:
-            raise InputError(f"--export knows {', '.join(FORMATS)}, not {', '.join(unknown)}")
-        run_eval(parse_models(models), baseline, prompts, judge, output,
-                 SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens), formats,
-                 batch_size=batch_size, trust_remote_code=trust_remote_code)
-    except InputError as error:
-        _fail(error)
+    formats = tuple(filter(None, (f.strip() for f in export.split(","))))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise InputError(f"--export knows {', '.join(FORMATS)}, not {', '.join(unknown)}")
+    run_eval(parse_models(models), baseline, prompts, judge, output,
+             SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens), formats,
+             batch_size=batch_size, trust_remote_code=trust_remote_code)
     typer.echo(f"report: {output / 'report.md'}")
 
 
@@ -299,11 +275,8 @@ def demo(
     from wrpo.demo.run import DemoSize, run_demo
 
     given = {"prompts": prompts, "eval_prompts": eval_prompts}
-    try:
-        run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation,
-                 size=DemoSize(**{name: value for name, value in given.items() if value is not None}))
-    except InputError as error:
-        _fail(error)
+    run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation,
+             size=DemoSize(**{name: value for name, value in given.items() if value is not None}))
     typer.echo(f"report: {output / 'report.md'}")
 
 

@@ -29,12 +29,11 @@ from wrpo.errors import InputError
 from wrpo.generation.backends import SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.pipeline.fingerprint import path_fingerprint
-from wrpo.pipeline.recipe import ModelSpec, Recipe, SamplingSpec, load_recipe
+from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, SamplingSpec, load_recipe, training_config
 from wrpo.progress import console
 from wrpo.reward.score import score
-from wrpo.training.config import WRPOConfig
 from wrpo.training.run import train
-from wrpo.training.sft import WRPOSFTConfig, sft
+from wrpo.training.sft import sft
 
 
 @dataclass
@@ -51,17 +50,7 @@ def stage_fingerprint(stage: Stage) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _config(config_class, output_dir: Path, settings: dict, section: str, recipe_path: Path):
-    settings = dict(settings)
-    if isinstance(settings.get("deepspeed"), str):  # a DeepSpeed config file named relative to the recipe
-        settings["deepspeed"] = str(recipe_path.parent / settings["deepspeed"])
-    try:
-        return config_class(output_dir=str(output_dir), **settings)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{section}: {str(error).splitlines()[0]}", recipe_path) from None
-
-
-def plan(recipe: Recipe, recipe_path: Path) -> list[Stage]:
+def plan(recipe: Recipe) -> list[Stage]:
     work = recipe.workdir
     reward = recipe.reward
 
@@ -96,10 +85,9 @@ def plan(recipe: Recipe, recipe_path: Path) -> list[Stage]:
                         lambda: build_sft(source_scores, sft_data, preference_prompts,
                                           sft_fraction=recipe.split.sft_fraction, seed=recipe.split.seed)))
 
-    target_sft = work / "models" / "target-sft"
-    sft_config = _config(WRPOSFTConfig, target_sft, recipe.sft, "sft", recipe_path)
+    target_sft = work / TRAINING_OUTPUTS["sft"]
     stages.append(Stage("sft", [recipe.target.model, str(sft_data)], recipe.sft, [target_sft],
-                        lambda: sft(recipe.target.model, sft_data, sft_config)))
+                        lambda: sft(recipe.target.model, sft_data, training_config(recipe, "sft"))))
 
     target_samples = work / "samples" / "target-sft.jsonl"
     target_scores = work / "scores" / "target-sft.jsonl"
@@ -112,15 +100,9 @@ def plan(recipe: Recipe, recipe_path: Path) -> list[Stage]:
                         [quadruples], lambda: build_pairs(preference_prompts, [target_scores], quadruples,
                                                           top_k_sources=recipe.pairs.top_k_sources)))
 
-    target_wrpo = work / "models" / "target-sft-wrpo"
-    top_k = recipe.wrpo.get("top_k_sources", recipe.pairs.top_k_sources)
-    if top_k != recipe.pairs.top_k_sources:
-        raise InputError(f"wrpo.top_k_sources ({top_k}) differs from pairs.top_k_sources "
-                         f"({recipe.pairs.top_k_sources}): the quadruples would not match training", recipe_path)
-    wrpo_settings = {**recipe.wrpo, "top_k_sources": top_k}
-    wrpo_config = _config(WRPOConfig, target_wrpo, wrpo_settings, "wrpo", recipe_path)
-    stages.append(Stage("wrpo", [str(target_sft), str(quadruples)], wrpo_settings, [target_wrpo],
-                        lambda: train(str(target_sft), quadruples, wrpo_config)))
+    target_wrpo = work / TRAINING_OUTPUTS["wrpo"]
+    stages.append(Stage("wrpo", [str(target_sft), str(quadruples)], recipe.wrpo, [target_wrpo],
+                        lambda: train(str(target_sft), quadruples, training_config(recipe, "wrpo"))))
     return stages
 
 
@@ -136,7 +118,7 @@ def run_recipe(recipe_path: str | Path) -> dict[str, str]:
     """Runs the stages that are not done; returns each stage's status: ran, resumed, redone or skipped."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
-    return run_stages(plan(recipe, recipe_path), recipe.workdir / ".wrpo" / "stages")
+    return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages")
 
 
 def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:

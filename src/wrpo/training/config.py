@@ -1,9 +1,9 @@
 """WRPOConfig: the WRPO settings on top of transformers.TrainingArguments.
 
 Defaults that differ from TrainingArguments follow the paper's LLaMA-3-8B-Instruct run:
-learning_rate 3e-7, 1 epoch, cosine schedule, 10% warmup; plus logging every step,
-remove_unused_columns off (the collator needs every field), batches grouped by length and bf16
-on when the GPU has it.
+learning_rate 3e-7 and PaperTrainingDefaults (shared with the SFT stage); plus
+remove_unused_columns off (the collator needs every field) and batches grouped by length.
+Every setting is checked here, once, when the config is built.
 """
 
 from __future__ import annotations
@@ -32,7 +32,33 @@ def apply_cpu_defaults(args: TrainingArguments) -> None:
 
 
 @dataclass
-class WRPOConfig(TrainingArguments):
+class PaperTrainingDefaults:
+    """What the SFT and WRPO stages share on top of TrainingArguments: the paper's schedule (1 epoch,
+    cosine, 10% warmup), logging every step, the last two checkpoints kept, and precision and process
+    settings resolved for the hardware. Listed before the Trainer's arguments class in a config's bases,
+    so these defaults replace the Trainer's and this __post_init__ runs before its own."""
+
+    num_train_epochs: float = 1.0
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
+    logging_steps: float = 1
+    save_steps: float = 100
+    save_total_limit: int | None = 2
+    # Every trainable weight of a dense model takes part in every step; transformers' default (True under
+    # DDP) costs an extra pass over the autograd graph each step. Mixture-of-experts models, whose
+    # unrouted experts get no gradient in a step, need it set to True.
+    ddp_find_unused_parameters: bool | None = False
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        apply_cpu_defaults(self)
+        super().__post_init__()
+
+
+@dataclass
+class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
     beta: float = field(default=0.01, metadata={"help": "Scale of the internal reward r = beta * log-ratio."})
     alpha: float = field(default=0.1, metadata={
         "help": "alpha_max: the final weight of the source response in the fused chosen reward."})
@@ -70,24 +96,10 @@ class WRPOConfig(TrainingArguments):
         "help": "Folder for cached reference log-probs; `wrpo train` uses DATA.wrpo-cache beside the data."})
 
     learning_rate: float = 3e-7
-    num_train_epochs: float = 1.0
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.1
-    logging_steps: float = 1
-    save_steps: float = 100
-    save_total_limit: int | None = 2
     remove_unused_columns: bool = False
-    # Every trainable weight of a dense model takes part in every step; transformers' default (True under
-    # DDP) costs an extra pass over the autograd graph each step. Mixture-of-experts models, whose
-    # unrouted experts get no gradient in a step, need it set to True.
-    ddp_find_unused_parameters: bool | None = False
     train_sampling_strategy: str = "group_by_length"
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        apply_cpu_defaults(self)
         checks = [
             (self.beta > 0, f"beta must be positive, got {self.beta}"),
             (0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha}"),

@@ -16,39 +16,21 @@ from wrpo.data.tokenize import as_messages
 from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.training.callbacks import MetricsFileCallback
-from wrpo.training.config import apply_cpu_defaults
+from wrpo.training.config import PaperTrainingDefaults
 from wrpo.training.run import fit_and_save
 
 
 @dataclass
-class WRPOSFTConfig(SFTConfig):
-    """TRL's SFTConfig with the paper's SFT stage as defaults: lr 7e-6, 1 epoch, cosine, 10% warmup,
-    max length 2048; plus logging every step, no gradient checkpointing unless asked, and bf16 only
-    where the GPU has it (TRL turns it on everywhere, which a CPU refuses)."""
+class WRPOSFTConfig(PaperTrainingDefaults, SFTConfig):
+    """TRL's SFTConfig with the paper's SFT stage as defaults: lr 7e-6, max length 2048 and
+    PaperTrainingDefaults (shared with the WRPO stage; bf16 only where the GPU has it, where TRL turns
+    it on everywhere, which a CPU refuses); no gradient checkpointing unless asked."""
 
     learning_rate: float = 7e-6
-    num_train_epochs: float = 1.0
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.1
     max_length: int | None = 2048
-    logging_steps: float = 1
-    save_steps: float = 100
-    save_total_limit: int | None = 2
     gradient_checkpointing: bool | None = None  # None (not TRL's True): transformers then resolves both to False
     activation_checkpointing: bool | None = None
     completion_only_loss: bool | None = True
-    # Every trainable weight of a dense model takes part in every step; transformers' default (True under
-    # DDP) costs an extra pass over the autograd graph each step. Mixture-of-experts models, whose
-    # unrouted experts get no gradient in a step, need it set to True.
-    ddp_find_unused_parameters: bool | None = False
-    report_to: str | list[str] | None = "none"
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})
-
-    def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        apply_cpu_defaults(self)
-        super().__post_init__()
 
 
 def load_sft_dataset(paths: str | Path | Sequence[str | Path], tokenizer) -> datasets.Dataset:
