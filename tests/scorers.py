@@ -21,3 +21,7 @@ def fails_on_grape(prompt, response: str) -> float:
 
 def nan_on_grape(prompt, response: str) -> float:
     return float("nan") if _word(prompt) == "grape" else reversal_similarity(prompt, response)
+
+
+def always_nan(prompt, response: str) -> float:
+    return float("nan")

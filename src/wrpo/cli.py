@@ -238,7 +238,8 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/).")):
 @app.command("eval")
 def evaluate(
     models: str = typer.Option(..., help="Models to judge: folders or Hub ids, comma-separated; label=path to name one."),
-    baseline: str = typer.Option(..., help="The model they are compared with (a folder, Hub id or one of the labels)."),
+    baseline: str = typer.Option(..., help="The model they are compared with: one of the labels, a folder or Hub id, "
+                                           "or label=path."),
     prompts: Path = typer.Option(..., help="Prompts (with 'category' for per-category figures), or an MT-Bench / Arena-Hard question file."),
     judge: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer pkg.module:function."),
     output: Path = typer.Option(Path("eval-output"), help="Answers, scores, report.md, report.json, plots, exports."),
@@ -248,17 +249,13 @@ def evaluate(
     trust_remote_code: bool = typer.Option(False, help="Run the judge model's own code (ArmoRM needs it)."),
 ):
     """Reward-judged win rates (with intervals, length-controlled, per category) against a baseline."""
-    from wrpo.evaluation.exports import FORMATS
-    from wrpo.evaluation.run import parse_models, run_eval
+    from wrpo.evaluation.run import parse_models, run_eval, show
     from wrpo.generation.backends import SamplingSettings
 
     formats = tuple(filter(None, (f.strip() for f in export.split(","))))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise InputError(f"--export knows {', '.join(FORMATS)}, not {', '.join(unknown)}")
-    run_eval(parse_models(models), baseline, prompts, judge, output,
-             SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens), formats,
-             batch_size=batch_size, trust_remote_code=trust_remote_code)
+    show(run_eval(parse_models(models), baseline, prompts, judge, output,
+                  SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens), formats,
+                  batch_size=batch_size, trust_remote_code=trust_remote_code))
     typer.echo(f"report: {output / 'report.md'}")
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from rich.table import Table
 
 from wrpo.data.prompts import read_prompts
-from wrpo.errors import InputError
+from wrpo.errors import InputError, Problems
 from wrpo.evaluation.compare import GREEDY, Comparison, ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.exports import export_alpaca_eval, export_arena_hard, export_mt_bench
 from wrpo.evaluation.plots import reward_distributions, win_rate_bars
+from wrpo.files import write_text_atomically
 from wrpo.generation.backends import SamplingSettings
 from wrpo.modeling import load_tokenizer
 from wrpo.progress import console
@@ -21,32 +22,62 @@ def parse_models(text: str) -> dict[str, str]:
     """'A,label=B' -> {label: path}: a model is labelled by its folder name unless named."""
     models = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        label, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
-        label = label or Path(path).name
+        label, path = _labelled(item)
         if label in models:
             raise InputError(f"two models are labelled {label!r} ({models[label]} and {path}): name them with label=path")
         models[label] = path
     return models
 
 
+def _labelled(item: str) -> tuple[str, str]:
+    label, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+    return label or Path(path).name, path
+
+
 def resolve_baseline(models: dict[str, str], baseline: str) -> tuple[str, str]:
-    """(label, path) of the baseline: one of the models (by path or label) or a model of its own."""
-    for label, path in models.items():
-        if Path(path).resolve() == Path(baseline).resolve() or label == baseline:
-            return label, path
-    label = Path(baseline).name
-    if label in models:
-        raise InputError(f"the baseline {baseline} and the model {models[label]} share the label {label!r}: "
-                         f"name the model with label=path")
-    return label, baseline
+    """(label, path) of the baseline: one of the models (by label or path), or a model of its own
+    (path or label=path)."""
+    if "=" not in baseline:
+        for label, path in models.items():
+            if label == baseline or Path(path).resolve() == Path(baseline).resolve():
+                return label, path
+    label, path = _labelled(baseline)
+    if label in models and Path(models[label]).resolve() != Path(path).resolve():
+        raise InputError(f"the baseline {path} and the model {models[label]} share the label {label!r}: "
+                         f"name one of them with label=path")
+    return label, path
+
+
+def check_eval_arguments(models: dict[str, str], baseline: tuple[str, str], prompts: str | Path, judge: str,
+                         exports: tuple[str, ...], trust_remote_code: bool = False) -> None:
+    """Everything that can be checked before any model answers: the model folders, the prompts, the
+    judge (imported and called once, or its folder loaded) and the export formats. Each problem is
+    named; all of them are reported at once."""
+    from wrpo.evaluation.exports import FORMATS
+    from wrpo.modeling import check_model_location
+    from wrpo.reward.scorers import check_scorer
+
+    problems = Problems()
+    for path in dict.fromkeys([*models.values(), baseline[1]]):
+        problems.check(check_model_location, path)
+    rows = problems.check(read_prompts, prompts)
+    if rows:
+        problems.check(check_scorer, judge, rows[0].prompt, trust_remote_code)
+    unknown = [name for name in exports if name not in FORMATS]
+    if unknown:
+        problems.add(f"--export knows {', '.join(FORMATS)}, not {', '.join(unknown)}")
+    problems.raise_if_any()
 
 
 def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: str, output_dir: str | Path,
              settings: SamplingSettings = GREEDY, exports: tuple[str, ...] = (), batch_size: int = 16,
              trust_remote_code: bool = False) -> dict:
+    """Answers, judges and compares; writes report.md, report.json, plots and exports to output_dir
+    and returns the report. Every argument is checked before any model answers."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     baseline_label, baseline_path = resolve_baseline(models, baseline)
+    check_eval_arguments(models, (baseline_label, baseline_path), prompts, judge, exports, trust_remote_code)
+    output_dir.mkdir(parents=True, exist_ok=True)
     everyone = {**models, baseline_label: baseline_path}
     results: dict[str, ModelResult] = {
         label: evaluate_model(label, path, prompts, judge, output_dir, settings, batch_size, trust_remote_code)
@@ -70,9 +101,8 @@ def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: 
     if comparisons:
         win_rate_bars(comparisons, output_dir / "win_rates.png", f"against {baseline_label}, judged by {Path(judge).name}")
     reward_distributions(results, output_dir / "rewards.png")
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "report.md").write_text(render(report, comparisons))
-    show(report)
+    write_text_atomically(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomically(output_dir / "report.md", render(report, comparisons))
     return report
 
 

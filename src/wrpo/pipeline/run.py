@@ -26,9 +26,11 @@ from pathlib import Path
 
 from wrpo.data.construct import build_pairs, build_sft
 from wrpo.errors import InputError
+from wrpo.files import write_text_atomically
 from wrpo.generation.backends import SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.pipeline.fingerprint import path_fingerprint
+from wrpo.pipeline.preflight import check_recipe_inputs
 from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, SamplingSpec, load_recipe, training_config
 from wrpo.progress import console
 from wrpo.reward.score import score
@@ -118,6 +120,7 @@ def run_recipe(recipe_path: str | Path) -> dict[str, str]:
     """Runs the stages that are not done; returns each stage's status: ran, resumed, redone or skipped."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
+    check_recipe_inputs(recipe)
     return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages")
 
 
@@ -149,7 +152,4 @@ def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:
 
 
 def _write_manifest(path: Path, fingerprint: str, complete: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"fingerprint": fingerprint, "complete": complete}) + "\n")
-    temporary.replace(path)
+    write_text_atomically(path, json.dumps({"fingerprint": fingerprint, "complete": complete}) + "\n")

@@ -81,3 +81,28 @@ def load_scorer(spec: str, trust_remote_code: bool = False, device: str | None =
     if not Path(spec).exists() and ":" in spec:
         return FunctionScorer(spec)
     return RewardModelScorer(spec, trust_remote_code=trust_remote_code, device=device)
+
+
+def check_scorer(spec: str, prompt: Prompt, trust_remote_code: bool = False) -> None:
+    """What can be known of a scorer before hours of sampling: a Python scorer imports and returns a
+    finite number for one (prompt, response); a reward model's folder, config and tokenizer load.
+    Raises InputError naming the scorer."""
+    import math
+
+    if not Path(spec).exists() and ":" in spec:
+        scorer = FunctionScorer(spec)
+        try:
+            value = scorer([prompt], ["a response"])[0]
+        except Exception as error:  # noqa: BLE001 -- a user's scorer may raise anything; name it
+            raise InputError(f"the scorer fails on a test response ({type(error).__name__}: {error})", spec) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"the scorer returned {value!r} for a test response, not a finite number", spec)
+        return
+    from transformers import AutoConfig, AutoTokenizer
+
+    check_model_location(spec)
+    try:
+        AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise InputError(f"no reward model could be loaded ({str(error).strip().splitlines()[0]})", spec) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from wrpo.data.dataset import QuadrupleCollator, QuadrupleDataset
 from wrpo.data.tokenize import EncodedQuadruple
+from wrpo.files import write_text_atomically
 from wrpo.progress import stage_progress
 from wrpo.training.logps import batch_logps
 
@@ -82,9 +82,6 @@ def with_reference_logps(dataset: QuadrupleDataset, model, collator: QuadrupleCo
             values = json.loads(cache_file.read_text())
     if values is None:
         values = compute_reference_logps(model, examples, collator, batch_size, device, chunk_size, autocast)
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(f".{os.getpid()}.tmp")  # processes may write the same entry
-            partial.write_text(json.dumps(values))
-            partial.replace(cache_file)
+        if cache_file is not None:  # every process of a launch may write the same entry
+            write_text_atomically(cache_file, json.dumps(values))
     return QuadrupleDataset([replace(e, reference_logps=tuple(v)) for e, v in zip(examples, values)])

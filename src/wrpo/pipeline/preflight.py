@@ -1,0 +1,40 @@
+"""What `wrpo run` checks before any stage runs, so that a mistake costs seconds rather than the hours
+of sampling that come before the stage it would stop: the prompts, every model the recipe names (its
+folder, tokenizer and chat template on the first prompt), an OpenAI-compatible source's API-key
+variable, and the scorer (imported and called once, or its folder loaded). Every problem is reported
+at once. The recipe's own settings were checked when it loaded."""
+
+from __future__ import annotations
+
+import os
+
+from wrpo.data.prompts import read_prompts
+from wrpo.data.tokenize import encode_prompt
+from wrpo.errors import InputError, Problems
+from wrpo.modeling import load_tokenizer
+from wrpo.pipeline.recipe import ModelSpec, Recipe
+from wrpo.reward.scorers import check_scorer
+
+
+def check_recipe_inputs(recipe: Recipe) -> None:
+    """Raises one InputError listing every problem found."""
+    problems = Problems()
+    rows = problems.check(read_prompts, recipe.prompts)
+    for spec in [*recipe.sources, recipe.target]:
+        problems.check(_check_model, spec, rows[0].prompt if rows else None)
+    if rows:
+        problems.check(check_scorer, recipe.reward.scorer, rows[0].prompt, recipe.reward.trust_remote_code)
+    problems.raise_if_any()
+
+
+def _check_model(spec: ModelSpec, prompt) -> None:
+    if spec.backend == "openai":  # the server holds the model and its template
+        if spec.api_key_env and not os.environ.get(spec.api_key_env):
+            raise InputError(f"{spec.name}: the environment variable {spec.api_key_env} (api_key_env) is not set")
+        return
+    tokenizer = load_tokenizer(spec.model)
+    if prompt is not None:
+        try:
+            encode_prompt(tokenizer, prompt)
+        except InputError as error:
+            raise InputError(f"{spec.name}: {error.message} on the first prompt", spec.model) from None
