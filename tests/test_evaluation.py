@@ -141,10 +141,12 @@ def test_cached_answers_follow_the_settings_and_a_new_judge_reuses_them(models, 
     assert len(list((tmp_path / "out" / "scores").glob("char-*.jsonl"))) == 3
 
 
-def test_a_judge_failing_on_every_answer_is_a_one_line_error(models, tmp_path):
+def test_a_judge_failing_on_the_first_prompt_stops_before_any_answer_with_a_one_line_error(models, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "reverse grape"}])
     result = CliRunner().invoke(app, ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]),
                                       "--prompts", str(prompts), "--judge", "scorers:fails_on_grape",
                                       "--output", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "the judge failed on every answer of char" in result.stderr
+    assert "scorers:fails_on_grape: the scorer fails on a test response (ValueError: cannot score grapes)" \
+        in result.stderr
+    assert not (tmp_path / "out").exists()

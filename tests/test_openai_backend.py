@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import WORDS, write_jsonl
-from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.generation.sample import sample
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
@@ -56,8 +56,9 @@ def test_n_samples_per_prompt_from_a_server_that_ignores_n(tiny_model, tmp_path)
     server = start_server(tiny_model, port)
     try:
         rows_file = sample(str(tiny_model), prompts(tmp_path / "p.jsonl", 6), tmp_path / "s.jsonl",
-                           SamplingSettings(n=3, temperature=0.8, top_p=0.95, max_new_tokens=6), backend="openai",
-                           base_url=f"http://127.0.0.1:{port}/v1", concurrency=3, batch_size=2, name="served")
+                           SamplingSettings(n=3, temperature=0.8, top_p=0.95, max_new_tokens=6, batch_size=2),
+                           backend=BackendSettings(backend="openai", base_url=f"http://127.0.0.1:{port}/v1",
+                                                   concurrency=3), name="served")
     finally:
         stop(server)
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]

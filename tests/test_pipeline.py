@@ -18,7 +18,7 @@ from wrpo.data.construct import build_pairs, build_sft, in_sft_split
 from wrpo.data.records import iter_quadruples
 from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_model
 from wrpo.errors import InputError
-from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.settings import SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.reward.score import score
 

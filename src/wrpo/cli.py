@@ -9,6 +9,9 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from wrpo.errors import InputError
+from wrpo.flags import model_flags
+from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
+from wrpo.yaml_files import validated
 
 
 class WRPOGroup(TyperGroup):
@@ -88,22 +91,32 @@ def _end_distributed(message: str) -> None:
         typer.echo(message)
 
 
-def _option_parameters(flags) -> list[inspect.Parameter]:
-    """Typer options for settings flags (wrpo.training.settings.Flag), None where not given so that
-    a flag overrides --config only when typed."""
-    parameters = []
-    for flag in flags:
-        name = "--" + flag.name.replace("_", "-")
-        declaration = f"{name}/--no-{name[2:]}" if flag.type is bool else name
-        parameters.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, annotation=flag.type,
-                                            default=typer.Option(None, declaration, help=flag.help)))
-    return parameters
+def _with_flags(flags):
+    """Adds an option for each settings flag (wrpo.flags.Flag) to the command's own parameters; the
+    function takes them as **keyword arguments, None where a flag was not given (so that defaults,
+    and a --config file, apply)."""
+
+    def decorate(function):
+        own = [p for p in inspect.signature(function).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        added = []
+        for flag in flags:
+            name = "--" + flag.name.replace("_", "-")
+            declarations = [f"{name}/--no-{name[2:]}"] if flag.type is bool else [name]
+            if len(flag.name) == 1:
+                declarations.insert(0, f"-{flag.name}")
+            added.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, annotation=flag.type,
+                                           default=typer.Option(None, *declarations, help=flag.help)))
+        function.__signature__ = inspect.Signature([*own, *added])
+        return function
+
+    return decorate
 
 
 def _training_command(kind: str):
     """`wrpo train` or `wrpo sft`, its flags made from the config class's fields. Built only when
     that command is asked for: the config classes import torch, transformers and TRL (seconds)."""
-    from wrpo.training.settings import RUN_OPTIONS, Flag, flags_of, resolve_settings
+    from wrpo.flags import Flag
+    from wrpo.training.settings import RUN_OPTIONS, flags_of, resolve_settings
 
     if kind == "train":
         from wrpo.training.config import WRPOConfig as config_class
@@ -115,17 +128,16 @@ def _training_command(kind: str):
 
         run_keys, done = ("model", "data", "output", "resume"), "saved the fine-tuned model to"
 
-    def command(**values):
-        config = values.pop("config")
+    run_flags = [Flag(key, key, bool if key == "resume" else str, None, RUN_OPTIONS[key]) for key in run_keys]
+
+    @_with_flags(run_flags + flags_of(config_class))
+    def command(config: Path = typer.Option(None, help=f"YAML file of settings (flag names or {config_class.__name__} "
+                                                          "fields); flags override it."), **values):
         settings = resolve_settings(config_class, values, config)
         extra = {"ref_model": settings.ref_model} if "ref_model" in run_keys else {}
         output_dir = fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra)
         _end_distributed(f"{done} {output_dir}")
 
-    run_flags = [Flag(key, key, bool if key == "resume" else str, None, RUN_OPTIONS[key]) for key in run_keys]
-    config_option = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
-        None, help=f"YAML file of settings (flag names or {config_class.__name__} fields); flags override it."))
-    command.__signature__ = inspect.Signature([*_option_parameters(run_flags + flags_of(config_class)), config_option])
     command.__doc__ = WRPOGroup.lazy[kind] + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config."
     single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
     single.command(name=kind)(command)
@@ -133,37 +145,24 @@ def _training_command(kind: str):
 
 
 @app.command()
+@_with_flags(model_flags(SamplingSettings) + model_flags(BackendSettings))
 def sample(
-    model: str = typer.Option(..., help="Model folder (or Hub id) to sample from."),
+    model: str = typer.Option(..., help="Model folder (or Hub id; openai: the model's name on the server)."),
     prompts: Path = typer.Option(..., help="Prompts: rows with 'prompt' (text or messages) and optionally 'prompt_id'."),
     output: Path = typer.Option(..., help="Output JSONL: one row per prompt with its responses."),
-    n: int = typer.Option(5, "-n", "--n", help="Responses per prompt."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
-    top_p: float = typer.Option(0.95, help="Nucleus sampling probability."),
-    max_new_tokens: int = typer.Option(512, help="Longest response, in tokens."),
-    backend: str = typer.Option("hf", help="hf (transformers), vllm, or openai (any OpenAI-compatible server)."),
     shard: str = typer.Option("0/1", help="I/N: sample only every N-th prompt, starting at the I-th."),
-    batch_size: int = typer.Option(16, help="Prompts per batch (and per flush to disk)."),
-    seed: int = typer.Option(0, help="Sampling seed."),
     name: str = typer.Option(None, help="Model name written in the rows [the folder's name]."),
-    tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per model replica."),
-    data_parallel_size: int = typer.Option(1, help="vllm: model replicas."),
-    base_url: str = typer.Option(None, help="openai: the server's URL, e.g. http://localhost:8000/v1."),
-    api_key_env: str = typer.Option(None, help="openai: the environment variable holding the API key."),
-    concurrency: int = typer.Option(8, help="openai: requests in flight at once."),
+    **settings,
 ):
     """Sample n responses per prompt with the model's chat template; resumable."""
-    from wrpo.generation.backends import BACKENDS, SamplingSettings
     from wrpo.generation.sample import sample as run_sample
 
-    if backend not in BACKENDS:
-        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    shard_of = _shard(shard)
-    options = {"vllm": dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size),
-               "openai": dict(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)}.get(backend, {})
-    written = run_sample(model, prompts, output, SamplingSettings(n, temperature, top_p, max_new_tokens, seed),
-                         backend=backend, shard=shard_of, batch_size=batch_size, name=name, **options)
-    typer.echo(f"wrote {written}")
+    given = {key: value for key, value in settings.items() if value is not None}
+    sampling = validated(SamplingSettings, {k: v for k, v in given.items() if k in SamplingSettings.model_fields},
+                         as_flags=True)
+    backend = validated(BackendSettings, {k: v for k, v in given.items() if k in BackendSettings.model_fields},
+                        as_flags=True)
+    typer.echo(f"wrote {run_sample(model, prompts, output, sampling, backend=backend, shard=_shard(shard), name=name)}")
 
 
 @app.command()
@@ -243,18 +242,17 @@ def evaluate(
     prompts: Path = typer.Option(..., help="Prompts (with 'category' for per-category figures), or an MT-Bench / Arena-Hard question file."),
     judge: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer pkg.module:function."),
     output: Path = typer.Option(Path("eval-output"), help="Answers, scores, report.md, report.json, plots, exports."),
-    max_new_tokens: int = typer.Option(512, help="Longest answer, in tokens (answers are greedy)."),
+    max_new_tokens: int = typer.Option(GREEDY.max_new_tokens, help="Longest answer, in tokens (answers are greedy)."),
     batch_size: int = typer.Option(16, help="Prompts per generation batch, responses per scoring batch."),
     export: str = typer.Option("", help="Also write answers for public judges: alpaca_eval, arena_hard, mt_bench (comma-separated)."),
     trust_remote_code: bool = typer.Option(False, help="Run the judge model's own code (ArmoRM needs it)."),
 ):
     """Reward-judged win rates (with intervals, length-controlled, per category) against a baseline."""
     from wrpo.evaluation.run import parse_models, run_eval, show
-    from wrpo.generation.backends import SamplingSettings
 
     formats = tuple(filter(None, (f.strip() for f in export.split(","))))
     show(run_eval(parse_models(models), baseline, prompts, judge, output,
-                  SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens), formats,
+                  GREEDY.model_copy(update={"max_new_tokens": max_new_tokens}), formats,
                   batch_size=batch_size, trust_remote_code=trust_remote_code))
     typer.echo(f"report: {output / 'report.md'}")
 

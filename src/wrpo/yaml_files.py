@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from wrpo.errors import InputError
 
@@ -39,3 +40,18 @@ def line_of(node: yaml.Node | None, location: tuple) -> int | None:
         else:
             break
     return line
+
+
+def validated(model_class, data: Any, path: str | Path | None = None, node: yaml.Node | None = None,
+              as_flags: bool = False):
+    """`model_class` (a pydantic model) from `data`; the first problem is an InputError naming the
+    setting (as a --flag for command-line values) and, for a YAML file, its line."""
+    try:
+        return model_class.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = first["loc"]
+        where = "--" + str(location[0]).replace("_", "-") if as_flags and location else ".".join(map(str, location))
+        message = first["msg"].removeprefix("Value error, ")
+        raise InputError(f"{where}: {message}" if where else message, path,
+                         line_of(node, location) if node is not None else None) from None

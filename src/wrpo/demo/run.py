@@ -32,7 +32,7 @@ from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
-from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.settings import GREEDY
 from wrpo.pipeline.run import Stage, run_recipe, run_stages
 from wrpo.progress import console
 from wrpo.training.config import WRPOConfig
@@ -40,7 +40,7 @@ from wrpo.training.run import train
 from wrpo.training.sft import WRPOSFTConfig, sft
 
 JUDGE = "wrpo.demo.tasks:reward"
-EVAL_SETTINGS = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
+EVAL_SETTINGS = GREEDY.model_copy(update={"max_new_tokens": 24})
 # 1,800 SFT steps: with 600, SFT continued on the preference prompts still learnt content fast enough to
 # tie the preference stage on the reward; with three times as many it gains less (see the README).
 SFT_SETTINGS = {"max_steps": 1800, "per_device_train_batch_size": 64, "learning_rate": 3e-3,

@@ -8,6 +8,7 @@ on is reported and left out; the others are kept.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import statistics
 from collections import defaultdict
@@ -18,12 +19,11 @@ from wrpo.data.prompts import read_prompts
 from wrpo.data.records import read_rows
 from wrpo.errors import InputError
 from wrpo.evaluation.length_control import length_controlled_win_rate
-from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.settings import GREEDY, SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.pipeline.fingerprint import path_fingerprint
 from wrpo.reward.score import score
 
-GREEDY = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=512)
 
 
 @dataclass
@@ -124,9 +124,10 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, outp
     by the answers' content and the judge: nothing stale is reused, and a new judge re-scores the
     same answers without generating them again."""
     output_dir = Path(output_dir)
-    answers_key = _key(path_fingerprint(str(model)), path_fingerprint(str(prompts)), repr(settings), str(batch_size))
-    answers = sample(model, prompts, output_dir / "answers" / f"{label}-{answers_key}.jsonl", settings,
-                     batch_size=batch_size, name=label)
+    answers_key = _key(path_fingerprint(str(model)), path_fingerprint(str(prompts)),
+                       json.dumps(settings.model_dump(), sort_keys=True), str(batch_size))
+    answers = sample(model, prompts, output_dir / "answers" / f"{label}-{answers_key}.jsonl",
+                     settings.model_copy(update={"batch_size": batch_size}), name=label)
     scores_key = _key(path_fingerprint(str(answers)), path_fingerprint(judge))
     scored = score([answers], judge, output_dir / "scores" / f"{label}-{scores_key}.jsonl", batch_size=batch_size,
                    trust_remote_code=trust_remote_code, skip_failures=True)

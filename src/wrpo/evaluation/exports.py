@@ -21,7 +21,8 @@ from pathlib import Path
 from wrpo.data.prompts import PromptRow
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.evaluation.compare import ModelResult
-from wrpo.generation.backends import HFGenerator, SamplingSettings
+from wrpo.generation.backends import HFGenerator
+from wrpo.generation.settings import GREEDY, SamplingSettings
 
 FORMATS = ("alpaca_eval", "arena_hard", "mt_bench")
 
@@ -78,7 +79,7 @@ def export_mt_bench(result: ModelResult, prompts: list[PromptRow], path: str | P
             generator = generator or HFGenerator(model)
             conversation.append({"role": "user", "content": question})
             (reply,), = generator.generate([generator.prompt_ids(conversation)], [row.prompt_id],
-                                           SamplingSettings(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens))
+                                           GREEDY.model_copy(update={"max_new_tokens": settings.max_new_tokens}))
             answers.append(reply)
             conversation.append({"role": "assistant", "content": reply})
         rows.append({"question_id": _question_id(row.prompt_id), "answer_id": _answer_id(result.label, row.prompt_id),

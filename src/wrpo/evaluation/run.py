@@ -9,11 +9,11 @@ from rich.table import Table
 
 from wrpo.data.prompts import read_prompts
 from wrpo.errors import InputError, Problems
-from wrpo.evaluation.compare import GREEDY, Comparison, ModelResult, compare, evaluate_model, format_rate
+from wrpo.evaluation.compare import Comparison, ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.exports import export_alpaca_eval, export_arena_hard, export_mt_bench
 from wrpo.evaluation.plots import reward_distributions, win_rate_bars
 from wrpo.files import write_text_atomically
-from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.settings import GREEDY, SamplingSettings
 from wrpo.modeling import load_tokenizer
 from wrpo.progress import console
 

@@ -13,26 +13,14 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
 from wrpo.data.records import Prompt
 from wrpo.data.tokenize import as_messages, encode_prompt
 from wrpo.errors import InputError
+from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.modeling import load_causal_lm, load_tokenizer
-
-BACKENDS = ("hf", "vllm", "openai")
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    n: int = 5
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    seed: int = 0
-
 
 def prompt_seed(seed: int, key: str) -> int:
     """A seed from the run's seed and a prompt id (vllm: per prompt) or a batch's ids (hf)."""
@@ -77,12 +65,14 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    def __init__(self, model_dir: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1, **engine_kwargs):
+    def __init__(self, model_dir: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 engine_kwargs: dict | None = None):
         try:
             from vllm import LLM
         except ImportError:
             raise InputError("the vllm backend needs vLLM, which is not installed: pip install 'wrpo[vllm]'") from None
         self.tokenizer = load_tokenizer(model_dir)
+        engine_kwargs = dict(engine_kwargs or {})
         if data_parallel_size > 1:
             engine_kwargs["data_parallel_size"] = data_parallel_size
         self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel_size, **engine_kwargs)
@@ -150,14 +140,10 @@ class OpenAIGenerator:
                 delay = min(2 * delay, self.max_delay)
 
 
-def make_generator(backend: str, model_dir: str, **options):
-    if backend == "hf":
-        return HFGenerator(model_dir, device=options.get("device"))
-    if backend == "vllm":
-        return VLLMGenerator(model_dir, **{k: v for k, v in options.items() if k != "device"})
-    if backend == "openai":
-        if not options.get("base_url"):
-            raise InputError("the openai backend needs --base-url (e.g. http://localhost:8000/v1)")
-        return OpenAIGenerator(model_dir, options["base_url"], options.get("api_key_env"),
-                               options.get("concurrency", 8))
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+def make_generator(backend: BackendSettings, model: str, device: str | None = None):
+    """The generator of `backend` for `model` (a folder or Hub id; openai: the server's model name)."""
+    if backend.backend == "vllm":
+        return VLLMGenerator(model, **backend.options)
+    if backend.backend == "openai":
+        return OpenAIGenerator(model, **backend.options)
+    return HFGenerator(model, device=device)

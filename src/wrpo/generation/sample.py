@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from wrpo.data.prompts import read_prompts
 from wrpo.data.resumable import ResumableJsonl
 from wrpo.errors import InputError
-from wrpo.generation.backends import SamplingSettings, make_generator
+from wrpo.generation.backends import make_generator
+from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.progress import console, stage_progress
 
 
@@ -24,13 +24,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings = SamplingSettings(), *,
-           backend: str = "hf", shard: tuple[int, int] = (0, 1), batch_size: int = 16, name: str | None = None,
-           **backend_options) -> Path:
+           backend: BackendSettings = BackendSettings(), shard: tuple[int, int] = (0, 1), name: str | None = None) -> Path:
     """Writes one row per prompt: prompt_id, prompt, model, responses, generation settings.
 
     Prompts are generated longest first in batches of similar length; rows are flushed per batch,
     and a rerun after a crash (with the same settings) continues where the last complete row left
-    off. With the hf backend samples depend on the batches, hence on batch_size and shard."""
+    off. With the hf backend samples depend on the batches, hence on settings.batch_size and shard."""
     writer = ResumableJsonl(output, key=lambda row: row["prompt_id"])
     if writer.complete:
         console.print(f"{output} is complete: nothing to sample")
@@ -41,15 +40,14 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
     done = writer.done()
     todo = [row for row in rows if row.prompt_id not in done]
     model_name = name or Path(model).name
-    generation = {**dataclasses.asdict(settings), "backend": backend, "batch_size": batch_size,
-                  "shard": f"{index}/{count}"}
+    generation = {**settings.model_dump(), "backend": backend.backend, "shard": f"{index}/{count}"}
     for row in done.values():
         if row.get("generation") != generation or row.get("model") != model_name:
             # Samples depend on these settings (hf: on the batches too): mixing runs would be silent.
             raise InputError(f"was written by {row.get('model')} with other settings ({row.get('generation')}); "
                              f"resume with the same settings or delete it", writer.partial)
     if todo:
-        generator = make_generator(backend, model, **backend_options)
+        generator = make_generator(backend, model)
         ids = {}
         for row in rows:
             try:
@@ -59,7 +57,8 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
         # Batches are fixed by the whole shard (not by what is left), so a resumed run rebuilds the
         # same batches and, seeded by their prompts, the same samples.
         ordered = sorted(rows, key=lambda row: (-len(ids[row.prompt_id]), row.prompt_id))
-        batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+        size = settings.batch_size
+        batches = [ordered[start:start + size] for start in range(0, len(ordered), size)]
         with stage_progress(f"sampling {model_name}") as progress:
             task = progress.add_task("", total=len(rows), completed=len(rows) - len(todo))
             for batch in batches:

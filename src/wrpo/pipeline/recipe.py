@@ -5,23 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wrpo.errors import InputError
-from wrpo.yaml_files import line_of, load_yaml
+from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.yaml_files import line_of, load_yaml, validated
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelSpec(Strict):
+class ModelSpec(BackendSettings):
+    """A model of the recipe and the engine it runs on (BackendSettings: hf, vllm or openai)."""
+
     name: str = Field(description="Label used in file names and reports.")
-    model: str = Field(description="A model folder or Hub id.")
-    backend: Literal["hf", "vllm"] = "hf"
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to vllm.LLM as is.")
+    model: str = Field(description="A model folder or Hub id (openai: the model's name on the server).")
 
     @field_validator("name")
     @classmethod
@@ -48,15 +47,6 @@ class RewardSpec(Strict):
         return self
 
 
-class SamplingSpec(Strict):
-    n: int = 5
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    batch_size: int = 16
-    seed: int = 0
-
-
 class SplitSpec(Strict):
     sft_fraction: float = Field(default=1 / 3, ge=0, le=1)
     seed: int = 42
@@ -72,8 +62,8 @@ class Recipe(Strict):
     sources: list[ModelSpec] = Field(min_length=1)
     target: ModelSpec
     reward: RewardSpec
-    sampling: SamplingSpec = SamplingSpec()
-    target_sampling: SamplingSpec | None = Field(default=None, description="Sampling of target-sft; default: sampling.")
+    sampling: SamplingSettings = SamplingSettings()
+    target_sampling: SamplingSettings | None = Field(default=None, description="Sampling of target-sft; default: sampling.")
     split: SplitSpec = SplitSpec()
     pairs: PairsSpec = PairsSpec()
     sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields (or `wrpo sft` flag names).")
@@ -92,12 +82,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """The recipe at `path`, its relative paths resolved against the recipe's folder."""
     path = Path(path)
     data, node = load_yaml(path, "recipe")
-    try:
-        recipe = Recipe.model_validate(data or {})
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "recipe"
-        raise InputError(f"{where}: {first['msg']}", path, line_of(node, first["loc"])) from None
+    recipe = validated(Recipe, data or {}, path, node)
     base = path.parent
 
     def local(model: str | None) -> str | None:

@@ -27,11 +27,11 @@ from pathlib import Path
 from wrpo.data.construct import build_pairs, build_sft
 from wrpo.errors import InputError
 from wrpo.files import write_text_atomically
-from wrpo.generation.backends import SamplingSettings
+from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.pipeline.fingerprint import path_fingerprint
 from wrpo.pipeline.preflight import check_recipe_inputs
-from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, SamplingSpec, load_recipe, training_config
+from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, load_recipe, training_config
 from wrpo.progress import console
 from wrpo.reward.score import score
 from wrpo.training.run import train
@@ -56,15 +56,12 @@ def plan(recipe: Recipe) -> list[Stage]:
     work = recipe.workdir
     reward = recipe.reward
 
-    def sampling_stage(spec: ModelSpec, model: str, prompts: Path, output: Path, settings: SamplingSpec) -> Stage:
-        sampling = SamplingSettings(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-                                    max_new_tokens=settings.max_new_tokens, seed=settings.seed)
-        options = dict(tensor_parallel_size=spec.tensor_parallel_size, data_parallel_size=spec.data_parallel_size,
-                       **spec.engine_kwargs) if spec.backend == "vllm" else {}
+    def sampling_stage(spec: ModelSpec, model: str, prompts: Path, output: Path, settings: SamplingSettings) -> Stage:
+        backend = BackendSettings(**spec.model_dump(include=set(BackendSettings.model_fields)))
         return Stage(f"sample/{output.relative_to(work / 'samples').with_suffix('')}", [model, str(prompts)],
-                     {"sampling": settings.model_dump(), "backend": spec.backend, "name": output.stem},
-                     [output], lambda: sample(model, prompts, output, sampling, backend=spec.backend,
-                                              batch_size=settings.batch_size, name=output.stem, **options))
+                     {"sampling": settings.model_dump(), "backend": spec.backend, "name": output.stem,
+                      **({"options": backend.options} if backend.options else {})},
+                     [output], lambda: sample(model, prompts, output, settings, backend=backend, name=output.stem))
 
     def scoring_stage(samples: Path, output: Path) -> Stage:
         return Stage(f"score/{output.relative_to(work / 'scores').with_suffix('')}", [str(samples), reward.scorer],

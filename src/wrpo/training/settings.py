@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import yaml
 
 from wrpo.errors import InputError
+from wrpo.flags import Flag, plain_type
 from wrpo.yaml_files import load_yaml
 
 # Flag name -> config field, where they differ (the short names users of the paper's scripts type).
@@ -44,15 +43,6 @@ RUN_OPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class Flag:
-    name: str        # as typed, with underscores: lr, max_steps
-    field: str       # the config field it sets
-    type: type
-    default: Any
-    help: str
-
-
 def flags_of(config_class) -> list[Flag]:
     """The command-line flags of a config class: the fields wrpo's classes declare with help text
     (WRPOConfig's beta, alpha, ...), then COMMON_FLAGS, each with its field's help text and default."""
@@ -62,7 +52,7 @@ def flags_of(config_class) -> list[Flag]:
     common = [FLAG_FIELDS.get(flag, flag) for flag in COMMON_FLAGS]
     names = dict.fromkeys([*(name for name in documented if name not in common), *common])
     by_field = {field: flag for flag, field in FLAG_FIELDS.items()}
-    return [Flag(name=by_field.get(name, name), field=name, type=_plain_type(fields[name].type),
+    return [Flag(name=by_field.get(name, name), field=name, type=plain_type(fields[name].type),
                  default=fields[name].default, help=_help(config_class, fields[name]))
             for name in names if name in fields]
 
@@ -76,17 +66,6 @@ def _help(config_class, field: dataclasses.Field) -> str:
     kept = sentences[:1] + [s for i, s in enumerate(sentences[1:], 1) if len(". ".join(sentences[:i + 1])) < 90]
     default = "" if field.default is None else f" [{field.default}]"
     return ". ".join(kept) + "." + default
-
-
-def _plain_type(annotation) -> type:
-    """int, float, bool or str for a field's annotation (`bool | None` -> bool, `str | list[str]` -> str)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**vars(typing), **vars(types)})  # fields annotated under `from __future__ import annotations`
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,)
-    for candidate in (bool, int, float, str):
-        if candidate in options:
-            return candidate
-    return str
 
 
 def flag_table(config_class) -> str:

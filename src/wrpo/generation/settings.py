@@ -1,0 +1,54 @@
+"""What a sampling run is asked for, each setting defined once: SamplingSettings (how many responses,
+how random, how long) and BackendSettings (which engine runs the model, and its own settings). The
+recipe's `sampling:` and source entries, `wrpo sample`'s flags and `wrpo eval`'s greedy answers all
+use these two types; the flags and their help come from the fields."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SamplingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(default=5, ge=1, description="Responses per prompt.")
+    temperature: float = Field(default=0.8, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling probability.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Longest response, in tokens.")
+    batch_size: int = Field(default=16, ge=1, description=(
+        "Prompts per batch and per flush to disk; with hf, samples depend on the batches."))
+    seed: int = Field(default=0, description="Sampling seed.")
+
+
+# Evaluation answers: one greedy answer per prompt.
+GREEDY = SamplingSettings(n=1, temperature=0.0, top_p=1.0)
+
+Backend = Literal["hf", "vllm", "openai"]
+
+
+class BackendSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Backend = Field(default="hf", description=(
+        "hf (transformers), vllm, or openai (any OpenAI-compatible server)."))
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs per model replica.")
+    data_parallel_size: int = Field(default=1, ge=1, description="vllm: model replicas.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: passed to vllm.LLM as is.")
+    base_url: str | None = Field(default=None, description="openai: the server's URL, e.g. http://localhost:8000/v1.")
+    api_key_env: str | None = Field(default=None, description="openai: the environment variable holding the API key.")
+    concurrency: int = Field(default=8, ge=1, description="openai: requests in flight at once.")
+
+    @model_validator(mode="after")
+    def openai_needs_a_server(self) -> BackendSettings:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("the openai backend needs base_url (--base-url), e.g. http://localhost:8000/v1")
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The settings of this backend only (what its generator takes)."""
+        names = {"hf": (), "vllm": ("tensor_parallel_size", "data_parallel_size", "engine_kwargs"),
+                 "openai": ("base_url", "api_key_env", "concurrency")}[self.backend]
+        return {name: getattr(self, name) for name in names}
