@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wrpo.losses import (LOSSES, LossSettings, PreferenceLogps, ResponseLogps, source_weights_from_scores,
+from wrpo.losses import (LOSSES, SOURCE_WEIGHTINGS, LossSettings, PreferenceLogps, ResponseLogps, source_weights_from_scores,
                          wrpo_loss)
 
 
@@ -140,8 +140,7 @@ def test_score_weights_are_a_softmax_over_present_responses_and_absent_ones_do_n
     torch.testing.assert_close(weights[1], torch.softmax(scores[1], dim=0))
     uniform = source_weights_from_scores(scores, present, "uniform")
     torch.testing.assert_close(uniform, torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
-    with pytest.raises(ValueError, match="uniform"):
-        source_weights_from_scores(scores, present, "max")
+    assert set(SOURCE_WEIGHTINGS) == {"uniform", "score"}  # WRPOConfig refuses any other name
 
     # A value in an absent slot changes nothing.
     ps, pt, pr, rs, rt, rr = random_logps(batch=2)

@@ -77,9 +77,7 @@ class QuadrupleEncoder:
     report: TruncationReport = field(default_factory=TruncationReport)
 
     def __post_init__(self):
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
-                             f"({self.max_length}) to leave room for the response")
+        # max_prompt_length < max_length is checked where the settings are built (WRPOConfig).
         self.has_chat_template = getattr(self.tokenizer, "chat_template", None) is not None
 
     def encode(self, quadruple: Quadruple) -> EncodedQuadruple:

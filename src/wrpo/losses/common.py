@@ -77,6 +77,18 @@ def mean_source_reward(source_rewards: Tensor, source_weights: Tensor | None) ->
     return (source_rewards * source_weights).sum(dim=-1)
 
 
+def _uniform(scores: Tensor, present: Tensor) -> Tensor:
+    return present.float()
+
+
+def _score_softmax(scores: Tensor, present: Tensor) -> Tensor:
+    return torch.softmax(scores.float().masked_fill(~present, float("-inf")), dim=-1)
+
+
+# How several source rewards are weighted; WRPOConfig checks its setting against these names.
+SOURCE_WEIGHTINGS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"uniform": _uniform, "score": _score_softmax}
+
+
 def source_weights_from_scores(scores: Tensor, present: Tensor, mode: str = "uniform") -> Tensor:
     """Weights [B, K] over source responses that sum to 1 per prompt.
 
@@ -85,13 +97,7 @@ def source_weights_from_scores(scores: Tensor, present: Tensor, mode: str = "uni
              negative, as ArmoRM's are, so they cannot be used as weights directly).
     """
     present = present.bool()
-    if mode == "uniform":
-        weights = present.float()
-    elif mode == "score":
-        weights = torch.softmax(scores.float().masked_fill(~present, float("-inf")), dim=-1)
-    else:
-        raise ValueError(f"source weighting must be 'uniform' or 'score', got {mode!r}")
-    weights = weights.masked_fill(~present, 0.0)
+    weights = SOURCE_WEIGHTINGS[mode](scores, present).masked_fill(~present, 0.0)
     return weights / weights.sum(dim=-1, keepdim=True)
 
 

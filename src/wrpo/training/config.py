@@ -15,7 +15,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from wrpo.losses import LOSSES
+from wrpo.losses import LOSSES, SOURCE_WEIGHTINGS
 from wrpo.training.schedules import ALPHA_SCHEDULES
 
 logger = logging.get_logger(__name__)
@@ -114,8 +114,8 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
             (self.lora_r >= 0, f"lora_r must be 0 (no LoRA) or positive, got {self.lora_r}"),
             (self.lora_r > 0 or not self.merge_lora, "merge_lora needs lora_r > 0"),
             (self.lora_r > 0 or not self.load_in_4bit, "load_in_4bit needs lora_r > 0: a 4-bit base cannot train"),
-            (self.source_weighting in ("uniform", "score"),
-             f"source_weighting must be uniform or score, got {self.source_weighting!r}"),
+            (self.source_weighting in SOURCE_WEIGHTINGS,
+             f"source_weighting must be one of {', '.join(SOURCE_WEIGHTINGS)}, got {self.source_weighting!r}"),
         ]
         for ok, message in checks:
             if not ok:
