@@ -47,13 +47,24 @@ def test_yaml_config_sets_every_flag_and_the_command_line_overrides_it(tiny_mode
     assert [m["alpha"] for m in lines] == [0.4, 0.4]
     assert lines[0]["learning_rate"] == pytest.approx(1e-2)  # from YAML, with YAML's warmup_steps 0
 
-def test_rerunning_into_the_same_output_resumes_from_its_checkpoint(tiny_model, native_data, tmp_path):
+def snapshot(folder):
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_rerunning_a_finished_run_leaves_its_folder_untouched_and_a_longer_one_resumes(tiny_model, native_data,
+                                                                                       tmp_path):
     output = tmp_path / "out"
-    assert run("train", "--model", tiny_model, "--data", native_data, "--output", output, *FAST).exit_code == 0
-    again = run("train", "--model", tiny_model, "--data", native_data, "--output", output, *FAST)
-    assert again.exit_code == 0
-    assert "resuming from" in again.output and "checkpoint-3" in again.output
-    assert [m["step"] for m in metrics(output)] == [1, 2, 3]
+    command = ["train", "--model", tiny_model, "--data", native_data, "--output", output, *FAST]
+    assert run(*command).exit_code == 0
+    before = snapshot(output)
+    again = run(*command)
+    assert again.exit_code == 0 and "already finished" in again.output
+    assert snapshot(output) == before
+    longer = run(*command, "--max-steps", "4")
+    assert longer.exit_code == 0
+    assert "resuming from" in longer.output and "checkpoint-3" in longer.output
+    assert [m["step"] for m in metrics(output)] == [1, 2, 3, 4]
+
 
 @pytest.mark.parametrize("case, expected", [
     ("missing_data", "missing.jsonl: file does not exist"),

@@ -135,8 +135,10 @@ def _training_command(kind: str):
                                                           "fields); flags override it."), **values):
         settings = resolve_settings(config_class, values, config)
         extra = {"ref_model": settings.ref_model} if "ref_model" in run_keys else {}
-        output_dir = fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra)
-        _end_distributed(f"{done} {output_dir}")
+        result = fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra)
+        _end_distributed(f"already finished: {result.output_dir} holds this run (same model, data and settings), "
+                         "left as it is; --no-resume trains again" if result.already_finished
+                         else f"{done} {result.output_dir}")
 
     command.__doc__ = WRPOGroup.lazy[kind] + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config."
     single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)

@@ -1,7 +1,10 @@
-"""Writing a file so that readers see the old content or the new, never half of it."""
+"""Files: written so that readers see the old content or the new, never half of it; and fingerprinted
+by content, to tell whether what was computed from them is still current."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -19,3 +22,26 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
         os.fsync(handle.fileno())
     os.replace(handle.name, path)
     return path
+
+
+def path_fingerprint(location: str) -> str:
+    """Files by content, folders by file names, sizes and times, a Python scorer (module:function) by
+    its module's source, anything else (a Hub id) by name: a new Hub revision is not noticed."""
+    path = Path(location)
+    digest = hashlib.sha256()
+    if not path.exists() and ":" in location:
+        spec = importlib.util.find_spec(location.split(":", 1)[0])
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            digest.update(location.encode())  # the function's name, beside its module's source
+            path = Path(spec.origin)
+    if path.is_file():
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].startswith("checkpoint-")):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(location.encode())  # a Hub id
+    return digest.hexdigest()

@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-console = Console(stderr=True)
+# soft_wrap: a line is not cut at 80 columns where stderr is no terminal (CI logs, files).
+console = Console(stderr=True, soft_wrap=True)
 
 
 def is_main_process() -> bool:

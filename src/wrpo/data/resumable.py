@@ -1,6 +1,7 @@
 """Resumable JSONL output for long stages: rows are appended to OUTPUT.partial and flushed per batch;
 a rerun after a crash keeps the complete rows (a torn last line is dropped) and skips their keys;
-the finished file appears at OUTPUT only when the stage completes, by an atomic rename."""
+the finished file appears at OUTPUT only when it holds every expected row once, by an atomic rename.
+The stages hold OUTPUT's lock (wrpo.locks) while they write, so one run at a time appends."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from wrpo.errors import InputError
+from wrpo.files import write_text_atomically
 
 
 class ResumableJsonl:
@@ -39,23 +43,32 @@ class ResumableJsonl:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def finish(self) -> Path:
+    def finish(self, expected: set[str]) -> Path:
+        """Moves the rows to OUTPUT once they are exactly the `expected` keys, each once; otherwise
+        raises InputError saying what is missing or doubled, and OUTPUT is not written."""
         if not self.partial.exists():  # a stage with nothing to write still leaves its (empty) output
             self.append([])
+        first_line: dict[str, int] = {}
+        for number, line in enumerate(self.partial.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            key = self.key(json.loads(line))
+            if key in first_line:
+                raise InputError(f"holds {key!r} twice (lines {first_line[key]} and {number}): another run wrote "
+                                 "to it at the same time; delete it and run the stage again", self.partial)
+            first_line[key] = number
+        missing, unexpected = expected - set(first_line), set(first_line) - expected
+        if missing or unexpected:
+            example = sorted(missing or unexpected)[0]
+            raise InputError(f"holds {len(first_line)} rows where {len(expected)} were expected "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {example!r})", self.partial)
         self.partial.replace(self.output)
         return self.output
 
 
 def write_jsonl_atomically(path: str | Path, rows: Iterable[dict]) -> Path:
     """For outputs written in one go: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    temporary.replace(path)
-    return path
+    return write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def model_prompt_key(row: dict) -> str:
@@ -64,18 +77,23 @@ def model_prompt_key(row: dict) -> str:
 
 
 def merge_jsonl(inputs, output: str | Path, key: Callable[[dict], str]) -> Path:
-    """Concatenates the shards of a stage (`--shard I/N` outputs) into one file, atomically; a key
-    found in two shards is an error naming both places."""
+    """Concatenates the shards of a stage (`--shard I/N` outputs) into one file, atomically, under the
+    output's lock; a shard still being written (its .partial is there) or a key found in two shards is
+    an error naming the place."""
     from wrpo.data.records import read_rows
-    from wrpo.errors import InputError
+    from wrpo.locks import output_lock
 
-    seen: dict[str, str] = {}
-    rows = []
-    for path in inputs:
-        for line, row in read_rows(path):
-            name = key(row)
-            if name in seen:
-                raise InputError(f"{name!r} is also at {seen[name]}", path, line)
-            seen[name] = f"{path}:{line}"
-            rows.append(row)
-    return write_jsonl_atomically(output, rows)
+    with output_lock(output):
+        seen: dict[str, str] = {}
+        rows = []
+        for path in inputs:
+            if ResumableJsonl(path, key).partial.exists():
+                raise InputError("this shard is not finished (its .partial file is there): run its stage to the "
+                                 "end first", path)
+            for line, row in read_rows(path):
+                name = key(row)
+                if name in seen:
+                    raise InputError(f"{name!r} is also at {seen[name]}", path, line)
+                seen[name] = f"{path}:{line}"
+                rows.append(row)
+        return write_jsonl_atomically(output, rows)

@@ -21,7 +21,7 @@ from wrpo.errors import InputError
 from wrpo.evaluation.length_control import length_controlled_win_rate
 from wrpo.generation.settings import GREEDY, SamplingSettings
 from wrpo.generation.sample import sample
-from wrpo.pipeline.fingerprint import path_fingerprint
+from wrpo.files import path_fingerprint
 from wrpo.reward.score import score
 
 

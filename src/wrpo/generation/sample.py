@@ -1,4 +1,5 @@
-"""`wrpo sample`: n responses per prompt from one model, resumable without losing or doubling rows."""
+"""`wrpo sample`: n responses per prompt from one model, resumable without losing or doubling rows.
+Responses are written without the white space a chat template makes models put around them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from wrpo.data.resumable import ResumableJsonl
 from wrpo.errors import InputError
 from wrpo.generation.backends import make_generator
 from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.locks import output_lock
 from wrpo.progress import console, stage_progress
 
 
@@ -29,7 +31,14 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
 
     Prompts are generated longest first in batches of similar length; rows are flushed per batch,
     and a rerun after a crash (with the same settings) continues where the last complete row left
-    off. With the hf backend samples depend on the batches, hence on settings.batch_size and shard."""
+    off. With the hf backend samples depend on the batches, hence on settings.batch_size and shard.
+    Holds OUTPUT's lock while it writes: a second run on the same output stops with an InputError."""
+    with output_lock(output):
+        return _sample(model, prompts, output, settings, backend, shard, name)
+
+
+def _sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings, backend: BackendSettings,
+            shard: tuple[int, int], name: str | None) -> Path:
     writer = ResumableJsonl(output, key=lambda row: row["prompt_id"])
     if writer.complete:
         console.print(f"{output} is complete: nothing to sample")
@@ -68,7 +77,15 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
                 responses = generator.generate([ids[row.prompt_id] for row in batch],
                                                [row.prompt_id for row in batch], settings)
                 writer.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "model": model_name,
-                               "responses": texts, "generation": generation, **({"meta": row.meta} if row.meta else {})}
+                               "responses": [normalise_response(text) for text in texts], "generation": generation,
+                               **({"meta": row.meta} if row.meta else {})}
                               for row, texts in zip(batch, responses) if row.prompt_id not in done)
                 progress.advance(task, len(missing))
-    return writer.finish()
+    return writer.finish({row.prompt_id for row in rows})
+
+
+def normalise_response(text: str) -> str:
+    """The response without the white space around it. Chat templates that end the generation prompt
+    without one (`[/INST]`, `Assistant:`) make models answer with a leading space; kept, SFT on such
+    answers teaches the target to answer with one too."""
+    return text.strip()

@@ -29,7 +29,7 @@ from wrpo.errors import InputError
 from wrpo.files import write_text_atomically
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.generation.sample import sample
-from wrpo.pipeline.fingerprint import path_fingerprint
+from wrpo.files import path_fingerprint
 from wrpo.pipeline.preflight import check_recipe_inputs
 from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, load_recipe, training_config
 from wrpo.progress import console

@@ -10,6 +10,7 @@ from pathlib import Path
 from wrpo.data.records import field_of, parse_prompt, read_rows, row_failer
 from wrpo.data.resumable import ResumableJsonl, model_prompt_key
 from wrpo.errors import InputError
+from wrpo.locks import output_lock
 from wrpo.progress import console, stage_progress
 from wrpo.reward.scorers import load_scorer
 
@@ -36,7 +37,14 @@ def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, b
     returns a non-finite number stops the run with an error naming the row; every row scored before
     it is kept, and a rerun continues from there. With skip_failures, such a row is written with
     "scores": null and its "error" instead, and scoring goes on. `shard` (I, N) scores every N-th
-    row of each input, starting at the I-th, for one of N processes; `wrpo merge` joins the shards."""
+    row of each input, starting at the I-th, for one of N processes; `wrpo merge` joins the shards.
+    Holds OUTPUT's lock while it writes: a second run on the same output stops with an InputError."""
+    with output_lock(output):
+        return _score(responses, scorer, output, batch_size, trust_remote_code, device, skip_failures, shard)
+
+
+def _score(responses: Sequence[str | Path], scorer: str, output: str | Path, batch_size: int, trust_remote_code: bool,
+           device: str | None, skip_failures: bool, shard: tuple[int, int]) -> Path:
     writer = ResumableJsonl(output, key=model_prompt_key)
     if writer.complete:
         console.print(f"{output} is complete: nothing to score")
@@ -82,7 +90,7 @@ def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, b
                     batch = []
             if batch:
                 flush(batch)
-    return writer.finish()
+    return writer.finish(set(seen))
 
 
 def _score_batch(batch: list[tuple[Path, int, dict]], score_rows) -> list[dict] | None:

@@ -1,9 +1,14 @@
-"""train(): the library call behind `wrpo train`, resumable from the output folder's last checkpoint."""
+"""train(): the library call behind `wrpo train`, resumable from the output folder's last checkpoint; and
+what every training stage shares: the output folder's lock, its finished mark, and saving."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,6 +17,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from wrpo.data.dataset import load_quadruple_dataset
 from wrpo.data.tokenize import QuadrupleEncoder
+from wrpo.files import path_fingerprint, write_text_atomically
+from wrpo.locks import output_lock
 from wrpo.losses import REFERENCE_FREE
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import console, is_main_process
@@ -19,35 +26,73 @@ from wrpo.training.config import WRPOConfig
 from wrpo.training.trainer import WRPOTrainer
 
 
+@dataclass(frozen=True)
+class TrainingResult:
+    output_dir: Path
+    already_finished: bool = False  # the folder held this very run, finished: nothing was done to it
+
+
 def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfig, *,
-          ref_model: str | None = None, resume: bool = True, callbacks: Sequence = ()) -> Path:
+          ref_model: str | None = None, resume: bool = True, callbacks: Sequence = ()) -> TrainingResult:
     """WRPO-trains `model` on the quadruples in `data` and saves model, tokenizer and
-    metrics.jsonl to config.output_dir. With `resume`, continues from the last checkpoint there.
+    metrics.jsonl to config.output_dir. With `resume`, continues from the last checkpoint there, and
+    a run that already finished there (same model, data and settings) is left as it is.
     Reference log-probs are cached beside the data unless config.reference_cache_dir says where."""
     output_dir = Path(config.output_dir)
     if config.reference_cache_dir is None:
         config.reference_cache_dir = str(_reference_cache_dir(data, output_dir))
-    tokenizer = load_tokenizer(model)
-    encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
-    dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
-    if is_main_process():
-        console.print(f"data: {encoder.report.describe()}")
 
-    # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
-    # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
-    # (DeepSpeed with bf16 keeps bf16 weights and float32 master copies in its optimizer instead.)
-    policy = load_causal_lm(model, dtype=torch.float32, quantization_config=_four_bit(config))
-    if config.lora_r > 0:
-        policy = with_lora(policy, config)
-    # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
-    needs_reference = ref_model is not None and config.loss not in REFERENCE_FREE
-    trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
-                          ref_model=load_causal_lm(ref_model, dtype=torch.float32) if needs_reference else None,
-                          callbacks=list(callbacks))
-    fit_and_save(trainer, output_dir, resume)
-    if config.merge_lora and trainer.is_world_process_zero():
-        merge_saved_adapters(model, output_dir)
-    return output_dir
+    def fit() -> None:
+        tokenizer = load_tokenizer(model)
+        encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
+        dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
+        if is_main_process():
+            console.print(f"data: {encoder.report.describe()}")
+        # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
+        # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
+        # (DeepSpeed with bf16 keeps bf16 weights and float32 master copies in its optimizer instead.)
+        policy = load_causal_lm(model, dtype=torch.float32, quantization_config=_four_bit(config))
+        if config.lora_r > 0:
+            policy = with_lora(policy, config)
+        # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
+        needs_reference = ref_model is not None and config.loss not in REFERENCE_FREE
+        trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
+                              ref_model=load_causal_lm(ref_model, dtype=torch.float32) if needs_reference else None,
+                              callbacks=list(callbacks))
+        fit_and_save(trainer, output_dir, resume)
+        if config.merge_lora and trainer.is_world_process_zero():
+            merge_saved_adapters(model, output_dir)
+
+    return run_once(output_dir, run_fingerprint(config, model, data, ref_model), resume, fit)
+
+
+FINISHED_FILE = "wrpo-finished.json"
+
+
+def run_fingerprint(config, model: str, data, ref_model: str | None = None) -> str:
+    """What makes a training run the same run: the starting model's and the data's content, and every
+    setting (the process's rank aside)."""
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    settings = {key: value for key, value in config.to_dict().items() if key != "local_rank"}
+    parts = {"model": path_fingerprint(model), "ref_model": ref_model and path_fingerprint(ref_model),
+             "data": [path_fingerprint(str(path)) for path in paths], "settings": settings}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_once(output_dir: Path, fingerprint: str, resume: bool, fit) -> TrainingResult:
+    """Runs fit() into output_dir under its lock (held by the main process of a launch) and marks the
+    folder finished with `fingerprint`; with `resume`, a folder already marked with it is left
+    untouched (its bytes and times: what is computed from it stays current)."""
+    marker = output_dir / FINISHED_FILE
+    if resume and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        return TrainingResult(output_dir, already_finished=True)
+    with output_lock(output_dir) if is_main_process() else contextlib.nullcontext():
+        if is_main_process():
+            marker.unlink(missing_ok=True)
+        fit()
+        if is_main_process():
+            write_text_atomically(marker, json.dumps({"fingerprint": fingerprint}) + "\n")
+    return TrainingResult(output_dir)
 
 
 def merge_saved_adapters(base_model: str, output_dir: Path) -> None:
@@ -101,14 +146,13 @@ def with_lora(model, config):
                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
 
 
-def fit_and_save(trainer, output_dir: Path, resume: bool) -> Path:
+def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
     """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer."""
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if checkpoint and is_main_process():
         console.print(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(output_dir))
-    return output_dir
 
 
 def _reference_cache_dir(data, output_dir: Path) -> Path:

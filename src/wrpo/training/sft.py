@@ -17,7 +17,7 @@ from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import PaperTrainingDefaults
-from wrpo.training.run import fit_and_save
+from wrpo.training.run import TrainingResult, fit_and_save, run_fingerprint, run_once
 
 
 @dataclass
@@ -56,13 +56,17 @@ def load_sft_dataset(paths: str | Path | Sequence[str | Path], tokenizer) -> dat
 
 
 def sft(model: str, data: str | Path | Sequence[str | Path], config: WRPOSFTConfig, *, resume: bool = True,
-        callbacks: Sequence = ()) -> Path:
+        callbacks: Sequence = ()) -> TrainingResult:
     """Fine-tunes `model` on the (prompt, response) rows of `data`; saves model, tokenizer and
-    metrics.jsonl to config.output_dir, continuing from its last checkpoint when `resume`."""
+    metrics.jsonl to config.output_dir, continuing from its last checkpoint when `resume`; a run that
+    already finished there (same model, data and settings) is left as it is."""
     output_dir = Path(config.output_dir)
-    tokenizer = load_tokenizer(model)
-    dataset = load_sft_dataset(data, tokenizer)
-    trainer = SFTTrainer(model=load_causal_lm(model, dtype=torch.float32), args=config, train_dataset=dataset,
-                         processing_class=tokenizer,
-                         callbacks=[MetricsFileCallback(output_dir), *callbacks])
-    return fit_and_save(trainer, output_dir, resume)
+
+    def fit() -> None:
+        tokenizer = load_tokenizer(model)
+        dataset = load_sft_dataset(data, tokenizer)
+        trainer = SFTTrainer(model=load_causal_lm(model, dtype=torch.float32), args=config, train_dataset=dataset,
+                             processing_class=tokenizer, callbacks=[MetricsFileCallback(output_dir), *callbacks])
+        fit_and_save(trainer, output_dir, resume)
+
+    return run_once(output_dir, run_fingerprint(config, model, data), resume, fit)
