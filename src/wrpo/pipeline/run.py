@@ -30,6 +30,7 @@ from wrpo.files import write_text_atomically
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.generation.sample import sample
 from wrpo.files import path_fingerprint
+from wrpo.locks import output_lock
 from wrpo.pipeline.preflight import check_recipe_inputs
 from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, load_recipe, training_config
 from wrpo.progress import console
@@ -117,8 +118,9 @@ def run_recipe(recipe_path: str | Path) -> dict[str, str]:
     """Runs the stages that are not done; returns each stage's status: ran, resumed, redone or skipped."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
-    check_recipe_inputs(recipe)
-    return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages")
+    with output_lock(recipe.workdir):  # one `wrpo run` per workdir at a time
+        check_recipe_inputs(recipe)
+        return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages")
 
 
 def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:
