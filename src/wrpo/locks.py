@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from wrpo.errors import InputError
-from wrpo.progress import console
+from wrpo.progress import warn
 
 
 def lock_path(output: str | Path) -> Path:
@@ -61,7 +61,7 @@ def _acquire(path: Path, output: str | Path):
         handle.close()  # the holder released and removed this file while we opened it: try the new one
     previous = _holder(handle)
     if previous:
-        console.print(f"[yellow]{output}: took over the lock left by {_describe(previous)}, no longer running")
+        warn(f"{output}: took over the lock left by {_describe(previous)}, no longer running")
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),

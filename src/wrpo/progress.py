@@ -18,6 +18,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def warn(message: str) -> None:
+    """A one-line warning for the user, once per launch."""
+    if is_main_process():
+        console.print(f"[yellow]warning: {message}", highlight=False)
+
+
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed:.1f} rows/s" if task.speed else "- rows/s")

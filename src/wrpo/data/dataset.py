@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from wrpo.data.records import iter_quadruples
+from wrpo.data.records import FirstSeen, iter_quadruples
 from wrpo.data.tokenize import EncodedQuadruple, QuadrupleEncoder
 from wrpo.errors import InputError
 from wrpo.losses import source_weights_from_scores
@@ -29,13 +29,18 @@ class QuadrupleDataset(Dataset):
 
 def load_quadruple_dataset(paths: str | Path | Sequence[str | Path], encoder: QuadrupleEncoder,
                            source_weighting: str = "uniform") -> QuadrupleDataset:
-    """Reads, validates and encodes every row; a bad row raises InputError naming its file and line."""
+    """Reads, validates and encodes every row; a bad row, or a prompt_id seen before, raises InputError
+    naming its file and line."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     examples = []
+    first_seen = FirstSeen()
     with stage_progress("encoding quadruples") as progress:
         for path in paths:
             task = progress.add_task(str(path), total=None)
             for line, quadruple in iter_quadruples(path):
+                # One prompt twice in preference data weighs it twice and cannot be meant (rows of the
+                # release format without an id are keyed by their prompt's text).
+                first_seen.refuse_repeat(quadruple.prompt_id, path, line)
                 if source_weighting == "score" and quadruple.source_scores is None:
                     raise InputError("source_weighting 'score' needs meta 'source_scores'", path, line)
                 try:

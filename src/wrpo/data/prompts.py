@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrpo.data.records import Prompt, field_of, parse_prompt, read_rows, row_failer, stable_prompt_id
+from wrpo.data.records import FirstSeen, Prompt, field_of, parse_prompt, read_rows, row_failer, stable_prompt_id
 from wrpo.errors import InputError
 
 
@@ -25,7 +25,7 @@ class PromptRow:
 def read_prompts(path: str | Path) -> list[PromptRow]:
     """Every prompt of `path`, validated; an empty prompt or a repeated id names its line."""
     rows: list[PromptRow] = []
-    first_line: dict[str, int] = {}
+    first_seen = FirstSeen()
     for line, row in read_rows(path):
         fail = row_failer(path, line)
         if "prompt" not in row and isinstance(row.get("turns"), list) and row["turns"]:
@@ -34,9 +34,7 @@ def read_prompts(path: str | Path) -> list[PromptRow]:
             row = {**row, "prompt": turns[0], "turns": turns, "prompt_id": row.get("question_id", row.get("prompt_id"))}
         prompt = parse_prompt(field_of(row, "prompt", fail), fail)
         prompt_id = str(row["prompt_id"]) if row.get("prompt_id") is not None else stable_prompt_id(prompt)
-        if prompt_id in first_line:
-            fail(f"prompt_id {prompt_id!r} repeats the one on line {first_line[prompt_id]}")
-        first_line[prompt_id] = line
+        first_seen.refuse_repeat(prompt_id, path, line)
         meta = {key: value for key, value in row.items() if key not in ("prompt", "prompt_id")}
         rows.append(PromptRow(prompt_id=prompt_id, prompt=prompt, line=line, meta=meta))
     if not rows:

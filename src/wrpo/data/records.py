@@ -48,23 +48,25 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")  # decoded line by line, so that a byte that is not UTF-8 names its line
     except OSError as error:
         raise InputError(f"cannot read: {error.strerror}", path) from None
     with handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"not valid JSON ({error.msg})", path, number) from None
-                if not isinstance(row, dict):
-                    raise InputError(f"expected a JSON object, got {type(row).__name__}", path, number)
-                yield number, row
-        except UnicodeDecodeError:
-            raise InputError("not UTF-8 text", path) from None
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})",
+                                 path, number) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"not valid JSON ({error.msg})", path, number) from None
+            if not isinstance(row, dict):
+                raise InputError(f"expected a JSON object, got {type(row).__name__}", path, number)
+            yield number, row
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
@@ -99,6 +101,29 @@ def iter_quadruples(path: str | Path) -> Iterator[tuple[int, Quadruple]]:
         yield number, parse_quadruple(row, path, number)
     if empty:
         raise InputError("no rows", path)
+
+
+class FirstSeen:
+    """Where each key (a prompt_id) was first read, over one or several files."""
+
+    def __init__(self):
+        self.places: dict[str, tuple[str, int]] = {}
+        self.repeats = 0
+
+    def refuse_repeat(self, key: str, path: str | Path, line: int) -> None:
+        """Raises InputError naming both places when `key` was read before."""
+        if self.count_repeat(key, path, line):
+            first_path, first_line = self.places[key]
+            where = f"line {first_line}" if first_path == str(path) else f"{first_path}:{first_line}"
+            raise InputError(f"prompt_id {key!r} repeats the one on {where}", path, line)
+
+    def count_repeat(self, key: str, path: str | Path, line: int) -> bool:
+        """True (and counted) when `key` was read before; else remembers where it is."""
+        if key in self.places:
+            self.repeats += 1
+            return True
+        self.places[key] = (str(path), line)
+        return False
 
 
 def row_failer(path: str | Path, line: int):

@@ -36,8 +36,14 @@ def encode_prompt(tokenizer, prompt: Prompt) -> tuple[list[int], str]:
     if getattr(tokenizer, "chat_template", None) is not None:
         text = render_chat(tokenizer, as_messages(prompt), add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"], text
-    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    text = plain_prompt(prompt)
     return tokenizer(text, add_special_tokens=True)["input_ids"], text
+
+
+def plain_prompt(prompt: Prompt) -> str:
+    """The prompt as plain text, for tokenizers without a chat template: training, SFT and scoring
+    all use this one, so a model is trained and judged on the text it is sampled with."""
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from wrpo.data.records import Prompt
-from wrpo.data.tokenize import as_messages, render_chat
+from wrpo.data.tokenize import as_messages, plain_prompt, render_chat
 from wrpo.errors import InputError
 from wrpo.modeling import check_model_location
 
@@ -72,8 +72,9 @@ class RewardModelScorer:
         messages = as_messages(prompt) + [{"role": "assistant", "content": response}]
         if getattr(self.tokenizer, "chat_template", None) is not None:
             return render_chat(self.tokenizer, messages)
+        # Without a template: the prompt's plain text as the policy sees it, then the response and EOS.
         bos = self.tokenizer.bos_token or ""
-        return bos + "\n".join(m["content"] for m in messages) + (self.tokenizer.eos_token or "")
+        return bos + plain_prompt(prompt) + "\n" + response + (self.tokenizer.eos_token or "")
 
 
 def load_scorer(spec: str, trust_remote_code: bool = False, device: str | None = None):

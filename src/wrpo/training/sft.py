@@ -11,10 +11,11 @@ import datasets
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from wrpo.data.records import field_of, parse_prompt, parse_text, read_rows, row_failer
-from wrpo.data.tokenize import as_messages
+from wrpo.data.records import FirstSeen, field_of, parse_prompt, parse_text, read_rows, row_failer, stable_prompt_id
+from wrpo.data.tokenize import as_messages, plain_prompt
 from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.progress import warn
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import PaperTrainingDefaults
 from wrpo.training.run import TrainingResult, fit_and_save, run_fingerprint, run_once
@@ -35,23 +36,29 @@ class WRPOSFTConfig(PaperTrainingDefaults, SFTConfig):
 
 def load_sft_dataset(paths: str | Path | Sequence[str | Path], tokenizer) -> datasets.Dataset:
     """Rows {"prompt", "response"} (as `wrpo build sft` writes them) in TRL's prompt-completion format:
-    conversational when the tokenizer has a chat template, plain text otherwise."""
+    conversational when the tokenizer has a chat template, plain text otherwise. A prompt may come
+    back with other responses (several good answers to learn from); that is counted in a warning."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     conversational = getattr(tokenizer, "chat_template", None) is not None
     examples = []
+    first_seen = FirstSeen()
     for path in paths:
         for line, row in read_rows(path):
             fail = row_failer(path, line)
             prompt = parse_prompt(field_of(row, "prompt", fail), fail)
             response = parse_text(field_of(row, "response", fail), "response", fail)
+            first_seen.count_repeat(str(row["prompt_id"]) if row.get("prompt_id") is not None
+                                    else stable_prompt_id(prompt), path, line)
             if conversational:
                 examples.append({"prompt": as_messages(prompt),
                                  "completion": [{"role": "assistant", "content": response}]})
             else:
-                text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-                examples.append({"prompt": text, "completion": response})
+                examples.append({"prompt": plain_prompt(prompt), "completion": response})
     if not examples:
         raise InputError("no rows", paths[0])
+    if first_seen.repeats:
+        warn(f"{first_seen.repeats} of {len(examples)} SFT rows repeat a prompt_id of an earlier row; "
+             "all are trained on")
     return datasets.Dataset.from_list(examples)
 
 
