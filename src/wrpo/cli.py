@@ -210,8 +210,9 @@ def build_sft_command(
 ):
     """Pick the best source response per prompt and split prompts between SFT and preference learning."""
     from wrpo.data.construct import build_sft
+    from wrpo.progress import console
 
-    build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed)
+    console.print(build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed))
 
 
 @build_app.command("pairs")
@@ -223,8 +224,9 @@ def build_pairs_command(
 ):
     """Join the best source responses with target-sft's best and worst samples into quadruples."""
     from wrpo.data.construct import build_pairs
+    from wrpo.progress import console
 
-    build_pairs(preference_prompts, target_scores, output, top_k_sources=top_k_sources)
+    console.print(build_pairs(preference_prompts, target_scores, output, top_k_sources=top_k_sources))
 
 
 @app.command()

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Group
 from rich.table import Table
 
 from wrpo.data.records import field_of, read_rows, row_failer
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.errors import InputError
-from wrpo.progress import console
 from wrpo.reward.score import read_sample_rows
 
 
@@ -61,9 +61,13 @@ def in_sft_split(prompt_id: str, fraction: float, seed: int) -> bool:
 
 @dataclass
 class BuildSummary:
+    """What a build step made of its candidates; rendered as a table by rich (`console.print(summary)`)."""
+
+    title: str
     rows_written: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
-    wins: Counter = field(default_factory=Counter)
+    wins: Counter = field(default_factory=Counter)  # the model whose response was chosen, per prompt
+    wins_label: str = "wins"
     scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lengths: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
@@ -72,18 +76,17 @@ class BuildSummary:
             self.scores[candidate.model].append(candidate.score)
             self.lengths[candidate.model].append(len(candidate.text))
 
-    def show(self, title: str) -> None:
-        table = Table(title=title)
-        for column in ("model", "wins", "score p10 / p50 / p90", "length p50 (chars)"):
+    def __rich__(self) -> Group:
+        table = Table(title=self.title)
+        for column in ("model", "responses", "score p10 / p50 / p90", "length p50 (chars)"):
             table.add_column(column)
         for model in sorted(self.scores):
-            table.add_row(model, str(self.wins[model]), " / ".join(f"{q:.3g}" for q in _deciles(self.scores[model])),
+            table.add_row(model, str(len(self.scores[model])),
+                          " / ".join(f"{q:.3g}" for q in _deciles(self.scores[model])),
                           f"{statistics.median(self.lengths[model]):.0f}")
-        console.print(table)
-        console.print(", ".join(f"{name}: {count}" for name, count in {**self.rows_written, **self.dropped}.items()))
-
-    def as_dict(self) -> dict:
-        return {"rows_written": self.rows_written, "dropped": self.dropped, "wins": dict(self.wins)}
+        counts = ", ".join(f"{name}: {count}" for name, count in {**self.rows_written, **self.dropped}.items())
+        wins = ", ".join(f"{model} {count}" for model, count in self.wins.most_common())
+        return Group(table, f"{self.wins_label}: {wins or 'none'}", counts)
 
 
 def _deciles(values: list[float]) -> list[float]:
@@ -97,7 +100,8 @@ def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_o
               sft_fraction: float = 1 / 3, seed: int = 42) -> BuildSummary:
     if not 0 <= sft_fraction <= 1:
         raise InputError(f"sft_fraction must lie in [0, 1], got {sft_fraction}")
-    summary = BuildSummary()
+    summary = BuildSummary("source responses; y_ws = the best-scored over all sources",
+                           wins_label="y_ws comes from")
     dropped = Counter()
     sft_rows, preference_rows = [], []
     for prompt_id, (row, candidates) in read_scored(scored).items():
@@ -118,7 +122,6 @@ def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_o
     write_jsonl_atomically(preference_output, preference_rows)
     summary.rows_written = {"SFT rows": len(sft_rows), "preference prompts": len(preference_rows)}
     summary.dropped = dict(dropped)
-    summary.show("best source response per prompt (y_ws)")
     return summary
 
 
@@ -139,7 +142,8 @@ def build_pairs(preference_prompts: str | Path, target_scored: Sequence[str | Pa
     if top_k_sources < 1:
         raise InputError(f"top_k_sources must be at least 1, got {top_k_sources}")
     target = read_scored(target_scored)
-    summary = BuildSummary()
+    summary = BuildSummary("target samples; y_wt = the best, y_l = the worst of a prompt's",
+                           wins_label="y_ws of the quadruples comes from")
     dropped = Counter()
     quadruples = []
     for _, row in read_preference_prompts(preference_prompts):
@@ -164,5 +168,4 @@ def build_pairs(preference_prompts: str | Path, target_scored: Sequence[str | Pa
     write_jsonl_atomically(output, quadruples)
     summary.rows_written = {"quadruples": len(quadruples)}
     summary.dropped = dict(dropped)
-    summary.show("target samples (y_wt best, y_l worst); wins = source of y_ws")
     return summary

@@ -144,7 +144,9 @@ def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:
             status = "resumed" if manifest else "ran"
         console.print(f"[bold]{header}[/]: {status.replace('ran', 'running')}")
         _write_manifest(manifest_path, fingerprint, complete=False)
-        stage.run()
+        result = stage.run()
+        if hasattr(result, "__rich__"):  # a build step's summary table
+            console.print(result)
         _write_manifest(manifest_path, fingerprint, complete=True)
         statuses[stage.name] = status
     return statuses
