@@ -271,11 +271,11 @@ def demo(
     eval_prompts: int = typer.Option(None, help="Held-out prompts for the evaluation [400]."),
 ):
     """Fuse three tiny heterogeneous source models into a tiny target with the whole pipeline, and report."""
-    from wrpo.demo.run import DemoSize, run_demo
+    from wrpo.demo.run import DemoSize, run_demo, show
 
     given = {"prompts": prompts, "eval_prompts": eval_prompts}
-    run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation,
-             size=DemoSize(**{name: value for name, value in given.items() if value is not None}))
+    show(run_demo(output, seed=seed, cache_dir=cache_dir, ablation=ablation,
+                  size=DemoSize(**{name: value for name, value in given.items() if value is not None})))
     typer.echo(f"report: {output / 'report.md'}")
 
 

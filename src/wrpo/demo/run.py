@@ -30,6 +30,7 @@ from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
+from wrpo.files import write_text_atomically
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.generation.settings import GREEDY
@@ -211,9 +212,8 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
 
     if ablation:
         report["ablation"] = run_ablation(output_dir, zoo, eval_prompts, size, ablation_seeds)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "report.md").write_text(render_report(report))
-    show(report)
+    write_text_atomically(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomically(output_dir / "report.md", render_report(report))
     return report
 
 
