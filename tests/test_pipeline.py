@@ -46,7 +46,7 @@ def zoo(tmp_path_factory):
 
 
 def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
-    output = sample(str(zoo["gpt2-bpe"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY, batch_size=4)
+    output = sample(str(zoo["gpt2-bpe"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY.model_copy(update={"batch_size": 4}))
     rows = read(output)
     assert sorted(r["prompt_id"] for r in rows) == sorted(f"w{i}" for i in range(len(WORDS)))
     assert all(len(r["responses"]) == 3 and r["model"] == "gpt2-bpe" for r in rows)
@@ -81,7 +81,7 @@ def test_resuming_with_other_settings_is_refused(zoo, tmp_path):
     rows = read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY))
     output.rename(tmp_path / "s.jsonl.partial")  # as if it had not finished
     with pytest.raises(InputError, match="with other settings"):
-        sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY, batch_size=3)
+        sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY.model_copy(update={"batch_size": 3}))
     assert read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY)) == rows
 
 
@@ -96,7 +96,7 @@ def test_a_killed_sample_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run
     words = [w + str(i) for i in range(5) for w in WORDS]  # 60 prompts, one per batch: long enough to kill
     prompts = prompts_file(tmp_path / "p.jsonl", words)
     settings = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
-    whole = read(sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl", settings, batch_size=1))
+    whole = read(sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl", settings.model_copy(update={"batch_size": 1})))
 
     output = tmp_path / "killed.jsonl"
     partial = tmp_path / "killed.jsonl.partial"
@@ -116,7 +116,7 @@ def test_a_killed_sample_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run
     with partial.open("a") as handle:  # as if killed in the middle of a write
         handle.write('{"prompt_id": "torn", "respon')
 
-    resumed = read(sample(str(zoo["llama-char"]), prompts, output, settings, batch_size=1))
+    resumed = read(sample(str(zoo["llama-char"]), prompts, output, settings.model_copy(update={"batch_size": 1})))
     assert resumed == whole
 
 
@@ -244,17 +244,15 @@ def test_an_edited_python_scorer_redoes_the_scoring_stages(zoo, tmp_path, monkey
     assert last.count("redone") == 3 and "score/target-sft: redone" in last and "wrpo: skipped" in last
 
 
-def test_top_k_sources_reaches_training_and_a_mismatch_is_refused(zoo, tmp_path):
+def test_top_k_sources_reaches_training(zoo, tmp_path):  # a mismatch: test_settings.py
     from wrpo.pipeline.recipe import load_recipe
     from wrpo.pipeline.run import plan
 
     path = recipe_file(tmp_path, zoo)
+    path.write_text(path.read_text() + "pairs: {top_k_sources: 2}\n")
     recipe = load_recipe(path)
-    recipe = recipe.model_copy(update={"pairs": recipe.pairs.model_copy(update={"top_k_sources": 2})})
-    stages = {stage.name: stage for stage in plan(recipe, path)}
+    stages = {stage.name: stage for stage in plan(recipe)}
     assert stages["wrpo"].settings["top_k_sources"] == 2
-    with pytest.raises(InputError, match="wrpo.top_k_sources \\(3\\) differs from pairs.top_k_sources \\(2\\)"):
-        plan(recipe.model_copy(update={"wrpo": {**recipe.wrpo, "top_k_sources": 3}}), path)
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -309,11 +307,9 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
     for section, config_class in ((wrpo, WRPOConfig), (sft, WRPOSFTConfig)):
         assert set(section) <= {f.name for f in dataclasses.fields(config_class)}
         assert json.loads((path.parent / section["deepspeed"]).read_text())["zero_optimization"]["stage"] == 3
-    # Every stage can be planned (DeepSpeed and bf16 left out: neither is on this machine).
-    without_gpu = recipe.model_copy(update={
-        "workdir": tmp_path, "wrpo": {k: v for k, v in wrpo.items() if k not in ("deepspeed", "bf16")},
-        "sft": {k: v for k, v in sft.items() if k not in ("deepspeed", "bf16")}})
-    assert [stage.name for stage in plan(without_gpu, path)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
+    # Every stage can be planned here, on a machine without the GPUs its bf16 and DeepSpeed settings need:
+    # those are checked by the machine that trains.
+    assert [stage.name for stage in plan(recipe)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
 
 
 def test_score_and_sft_through_the_command_line(zoo, tmp_path):
@@ -398,7 +394,7 @@ def test_a_bad_recipe_names_the_file_line_and_setting(tmp_path):
                       "    backend: tgi\ntarget: {name: t, model: m}\nreward: {function: 'scorers:reversal_similarity'}\n")
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2
-    assert result.stderr == f"error: {recipe}:7: sources.1.backend: Input should be 'hf' or 'vllm'\n"
+    assert result.stderr == f"error: {recipe}:7: sources.1.backend: Input should be 'hf', 'vllm' or 'openai'\n"
 
 
 def test_sharded_sampling_and_scoring_merge_into_the_whole(zoo, tmp_path):

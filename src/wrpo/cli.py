@@ -39,6 +39,7 @@ class WRPOGroup(TyperGroup):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx):
+        quiet_libraries()
         try:
             return super().invoke(ctx)
         except InputError as error:
@@ -54,6 +55,10 @@ app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Prefere
 @app.callback()
 def main() -> None:
     """Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO)."""
+
+
+def quiet_libraries() -> None:
+    """Run before a command is even built (train and sft import their libraries to build their flags)."""
     import logging as python_logging
 
     from transformers.utils import logging
