@@ -55,7 +55,7 @@ def assert_same_run(one: Path, two: Path, keys: tuple[str, ...]) -> None:
 
 @pytest.fixture
 def quadruples(tmp_path) -> Path:
-    rows = native_rows() * 2
+    rows = native_rows() + native_rows()  # distinct dicts: each gets its own prompt_id
     for index, row in enumerate(rows):
         row["prompt_id"] = f"p{index}"
     return write_jsonl(tmp_path / "q.jsonl", rows)
