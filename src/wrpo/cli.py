@@ -39,7 +39,10 @@ class WRPOGroup(TyperGroup):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx):
-        quiet_libraries()
+        from wrpo.progress import configure_console
+
+        # Before the command is resolved: building train and sft imports the libraries.
+        configure_console(verbose=bool(ctx.params.get("verbose")))
         try:
             return super().invoke(ctx)
         except InputError as error:
@@ -53,21 +56,9 @@ app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Prefere
 
 
 @app.callback()
-def main() -> None:
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the libraries' own output "
+                                                                       "(transformers, datasets, DeepSpeed...).")) -> None:
     """Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO)."""
-
-
-def quiet_libraries() -> None:
-    """Run before a command is even built (train and sft import their libraries to build their flags)."""
-    import logging as python_logging
-
-    from transformers.utils import logging
-
-    # Loading and saving a checkpoint draw bars of their own; keep the terminal for stage progress.
-    logging.disable_progress_bar()
-    # peft imports bitsandbytes whenever it is installed, which on a CPU then warns at every command
-    # that an optional kernel package is missing.
-    python_logging.getLogger("bitsandbytes").setLevel(python_logging.ERROR)
 
 
 def _shard(text: str) -> tuple[int, int]:

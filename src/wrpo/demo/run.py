@@ -177,7 +177,7 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
                             lambda label=label, rows=rows: sft(
                                 str(target_sft), rows, WRPOSFTConfig(output_dir=str(variants_dir / label), **sft_settings))))
     # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
-    run_stages(stages, work / ".wrpo" / "stages")
+    run_stages(stages, work / ".wrpo" / "stages", work / "logs")
     return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wrpo.demo.tasks import TASKS, answer, make_prompt
 from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_model
-from wrpo.progress import console
+from wrpo.progress import say
 from wrpo.training.sft import WRPOSFTConfig, sft
 
 
@@ -56,7 +56,9 @@ def training_rows(model: ZooModel, count: int, seed: int) -> list[dict]:
     rows = []
     for index in range(count):
         prompt = make_prompt(tasks[index % len(tasks)], rng)
-        rows.append({"prompt": prompt, "response": styled_answer(model, prompt, tic=rng.random() < TIC_RATE)})
+        # Each row its own id: a task's short prompts come back by chance, each a separate example.
+        rows.append({"prompt_id": f"{model.name}-{index}", "prompt": prompt,
+                     "response": styled_answer(model, prompt, tic=rng.random() < TIC_RATE)})
     return rows
 
 
@@ -76,11 +78,12 @@ def build_model(model: ZooModel, folder: Path, seed: int = 0, steps: int = 600) 
     corpus = [f"{row['prompt']} {row['response']}" for row in rows[:1000]]
     save_tiny_model(work / "init", _tokenizer(model.tokenizer, corpus), model.architecture, hidden_size=64,
                     num_layers=2, seed=seed)
-    config = WRPOSFTConfig(output_dir=str(work / "trained"), max_steps=steps, per_device_train_batch_size=64,
+    trained = work / model.name  # the folder's name is what the training display calls the run
+    config = WRPOSFTConfig(output_dir=str(trained), max_steps=steps, per_device_train_batch_size=64,
                            learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05, max_length=64,
                            logging_steps=100, save_strategy="no", seed=seed)
     sft(str(work / "init"), data, config, resume=False)
-    (work / "trained").rename(folder)
+    trained.rename(folder)
     shutil.rmtree(work)
     return folder
 
@@ -92,7 +95,7 @@ def build_zoo(cache_dir: Path, steps: int = 600) -> dict[str, Path]:
     for model in (*SOURCES, TARGET):
         folder = root / model.name
         if not (folder / "config.json").exists():
-            console.print(f"training the tiny {model.architecture} '{model.name}' ({model.tokenizer} tokenizer) "
+            say(f"training the tiny {model.architecture} '{model.name}' ({model.tokenizer} tokenizer) "
                           f"on {', '.join(model.tasks)}; cached in {folder}")
             build_model(model, folder, steps=steps)
         folders[model.name] = folder

@@ -11,7 +11,7 @@ from wrpo.errors import InputError
 from wrpo.generation.backends import make_generator
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.locks import output_lock
-from wrpo.progress import console, stage_progress
+from wrpo.progress import say, stage_progress
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -41,7 +41,7 @@ def _sample(model: str, prompts: str | Path, output: str | Path, settings: Sampl
             shard: tuple[int, int], name: str | None) -> Path:
     writer = ResumableJsonl(output, key=lambda row: row["prompt_id"])
     if writer.complete:
-        console.print(f"{output} is complete: nothing to sample")
+        say(f"{output} is complete: nothing to sample")
         return writer.output
     rows = read_prompts(prompts)
     index, count = shard

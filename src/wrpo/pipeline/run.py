@@ -33,7 +33,7 @@ from wrpo.files import path_fingerprint
 from wrpo.locks import output_lock
 from wrpo.pipeline.preflight import check_recipe_inputs
 from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, load_recipe, training_config
-from wrpo.progress import console
+from wrpo.progress import say, stage_log
 from wrpo.reward.score import score
 from wrpo.training.run import train
 from wrpo.training.sft import sft
@@ -120,20 +120,21 @@ def run_recipe(recipe_path: str | Path) -> dict[str, str]:
     recipe = load_recipe(recipe_path)
     with output_lock(recipe.workdir):  # one `wrpo run` per workdir at a time
         check_recipe_inputs(recipe)
-        return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages")
+        return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages", recipe.workdir / "logs")
 
 
-def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:
-    """Runs each stage unless its manifest in `manifests` says it finished with today's fingerprint."""
+def run_stages(stages: list[Stage], manifests: Path, logs: Path) -> dict[str, str]:
+    """Runs each stage unless its manifest in `manifests` says it finished with today's fingerprint;
+    what a stage logs goes to logs/STAGE.log."""
     statuses = {}
     for number, stage in enumerate(stages, start=1):
-        manifest_path = manifests / f"{stage.name.replace('/', '--')}.json"
+        manifest_path = manifests / f"{_file_name(stage)}.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
         fingerprint = stage_fingerprint(stage)
         header = f"[{number}/{len(stages)}] {stage.name}"
         if manifest and manifest["fingerprint"] == fingerprint and manifest["complete"] \
                 and all(output.exists() for output in stage.outputs):
-            console.print(f"{header}: up to date, skipped")
+            say(f"{header}: up to date, skipped")
             statuses[stage.name] = "skipped"
             continue
         if manifest and manifest["fingerprint"] != fingerprint:
@@ -142,14 +143,19 @@ def run_stages(stages: list[Stage], manifests: Path) -> dict[str, str]:
                 _remove(output)
         else:
             status = "resumed" if manifest else "ran"
-        console.print(f"[bold]{header}[/]: {status.replace('ran', 'running')}")
-        _write_manifest(manifest_path, fingerprint, complete=False)
-        result = stage.run()
-        if hasattr(result, "__rich__"):  # a build step's summary table
-            console.print(result)
+        with stage_log(logs / f"{_file_name(stage)}.log") as log_file:
+            say(f"[bold]{header}[/]: {status.replace('ran', 'running')} (log: {log_file})")
+            _write_manifest(manifest_path, fingerprint, complete=False)
+            result = stage.run()
+            if hasattr(result, "__rich__"):  # a build step's summary table
+                say(result)
         _write_manifest(manifest_path, fingerprint, complete=True)
         statuses[stage.name] = status
     return statuses
+
+
+def _file_name(stage: Stage) -> str:
+    return stage.name.replace("/", "--")
 
 
 def _write_manifest(path: Path, fingerprint: str, complete: bool) -> None:

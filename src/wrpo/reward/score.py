@@ -11,7 +11,7 @@ from wrpo.data.records import field_of, parse_prompt, read_rows, row_failer
 from wrpo.data.resumable import ResumableJsonl, model_prompt_key
 from wrpo.errors import InputError
 from wrpo.locks import output_lock
-from wrpo.progress import console, stage_progress
+from wrpo.progress import say, stage_progress
 from wrpo.reward.scorers import load_scorer
 
 
@@ -47,7 +47,7 @@ def _score(responses: Sequence[str | Path], scorer: str, output: str | Path, bat
            device: str | None, skip_failures: bool, shard: tuple[int, int]) -> Path:
     writer = ResumableJsonl(output, key=model_prompt_key)
     if writer.complete:
-        console.print(f"{output} is complete: nothing to score")
+        say(f"{output} is complete: nothing to score")
         return writer.output
     done = writer.done()
     todo, seen = [], {}

@@ -1,3 +1,12 @@
+import os
+
+import torch
+
+# DeepSpeed, which transformers and accelerate import when it is installed, looks for an accelerator
+# and warns when it finds none; on a machine without one, the CPU is what we mean, so say so.
+if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 from wrpo.training.config import WRPOConfig
 from wrpo.training.run import train
 from wrpo.training.schedules import alpha_at

@@ -1,11 +1,15 @@
-"""metrics.jsonl: one JSON object per logged training step, kept exact across resumes."""
+"""What a training run reports as it goes: metrics.jsonl (one JSON object per logged step, kept exact
+across resumes) and the console's live display."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+from wrpo.progress import console, log
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -44,3 +48,53 @@ def _step(line: str) -> float:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
+
+
+class TrainingDisplay(TrainerCallback):
+    """The console's view of a training run, in place of transformers' tqdm bar and printed log
+    dicts: a live line with the step, the time left and the latest loss, reward margin, accuracy and
+    alpha where stderr is a terminal; elsewhere (CI logs, files) a plain line at each quarter of the
+    run. Every logged step also goes to the stage's log file (wrpo.progress.log)."""
+
+    SHOWN = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "accuracy", "alpha": "alpha"}
+    PLAIN_LINES = 4
+
+    def __init__(self, title: str):
+        self.title = title
+        self.progress = None
+        self.next_plain_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("steps"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+                                 console=console, disable=not console.is_terminal)
+        self.task = self.progress.add_task(self.title, total=state.max_steps, completed=state.global_step, metrics="")
+        self.progress.start()
+        self.next_plain_step = state.global_step + self._plain_interval(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        log.info(json.dumps({"step": state.global_step, **logs}))
+        if "loss" not in logs:
+            return
+        metrics = "  ".join(f"{label} {logs[key]:.4g}" for key, label in self.SHOWN.items() if key in logs)
+        self.progress.update(self.task, metrics=metrics)
+        if not console.is_terminal and state.global_step >= self.next_plain_step:
+            console.print(f"{self.title}: step {state.global_step}/{state.max_steps}  {metrics}", highlight=False)
+            self.next_plain_step = state.global_step + self._plain_interval(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is None:
+            return
+        self.progress.stop()
+        self.progress = None
+
+    def _plain_interval(self, state) -> int:
+        return max(1, state.max_steps // self.PLAIN_LINES)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from wrpo.data.dataset import load_quadruple_dataset
@@ -21,7 +22,8 @@ from wrpo.files import path_fingerprint, write_text_atomically
 from wrpo.locks import output_lock
 from wrpo.losses import REFERENCE_FREE
 from wrpo.modeling import load_causal_lm, load_tokenizer
-from wrpo.progress import console, is_main_process
+from wrpo.progress import is_main_process, is_verbose, say
+from wrpo.training.callbacks import TrainingDisplay
 from wrpo.training.config import WRPOConfig
 from wrpo.training.trainer import WRPOTrainer
 
@@ -46,8 +48,7 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
         tokenizer = load_tokenizer(model)
         encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
         dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
-        if is_main_process():
-            console.print(f"data: {encoder.report.describe()}")
+        say(f"data: {encoder.report.describe()}")
         # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
         # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
         # (DeepSpeed with bf16 keeps bf16 weights and float32 master copies in its optimizer instead.)
@@ -147,10 +148,15 @@ def with_lora(model, config):
 
 
 def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
-    """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer."""
+    """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer.
+    The console shows wrpo's training display, or with --verbose transformers' own bar and log lines."""
+    if not is_verbose():
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(TrainingDisplay(output_dir.name))
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
-    if checkpoint and is_main_process():
-        console.print(f"resuming from {checkpoint}")
+    if checkpoint:
+        say(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(output_dir))
 

@@ -1,0 +1,83 @@
+"""The console: one display per training run instead of the libraries' bars and log dicts, a few
+plain lines where stderr is no terminal, the libraries' own output with --verbose, and each
+pipeline stage's records in its log file."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+from transformers.utils import logging as transformers_logging
+
+from conftest import native_rows, write_jsonl
+from wrpo.pipeline.run import Stage, run_stages
+from wrpo.progress import log, say
+
+FAST = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-2", "--max-length", "48", "--logging-steps", "1",
+        "--save-steps", "100"]
+
+
+def wrpo(*args, tmp_path):
+    """The installed command, its stderr a pipe (as in CI or a log file), in a fresh process: the
+    libraries set up their own output on import, which is what is under test."""
+    return subprocess.run([sys.executable, "-m", "wrpo.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_training_prints_a_few_plain_lines_with_its_metrics_and_none_of_the_libraries_output(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
+    output = tmp_path / "out"
+    done = wrpo("sft", "--model", tiny_model, "--data", data, "--output", output, *FAST, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("out: step ")]
+    # One line per quarter of the run, each with the step and the loss; nothing else but what wrpo says.
+    assert [line.split()[2] for line in progress] == ["2/8", "4/8", "6/8", "8/8"], done.stderr
+    assert all(" loss " in line for line in progress)
+    assert len(lines) == len(progress), done.stderr  # no tqdm bars, log dicts, DeepSpeed or datasets lines
+    assert "it/s" not in done.stderr and "{'loss'" not in done.stderr and "accelerator" not in done.stderr
+    assert done.stdout == f"saved the fine-tuned model to {output}\n"
+    assert len((output / "metrics.jsonl").read_text().splitlines()) == 8  # every step still recorded
+
+
+def test_training_display_shows_wrpo_metrics(tiny_model, native_data, tmp_path):
+    done = wrpo("train", "--model", tiny_model, "--data", native_data, "--output", tmp_path / "out", *FAST,
+                "--max-prompt-length", "24", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = [line for line in done.stderr.splitlines() if line.startswith("out: step 8/8")]
+    assert len(last) == 1 and all(f" {name} " in last[0] for name in ("loss", "margin", "accuracy", "alpha"))
+
+
+def test_verbose_shows_the_libraries_own_output(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
+    done = wrpo("--verbose", "sft", "--model", tiny_model, "--data", data, "--output", tmp_path / "out", *FAST,
+                tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout + done.stderr
+    assert "{'loss'" in shown  # transformers' own log lines
+    assert "examples/s" in shown  # datasets' map bars
+    assert "out: step" not in shown
+
+
+def test_each_stage_files_what_it_says_and_logs_in_its_own_log(tmp_path):
+    def stage(name, message):
+        def run():
+            say(message)
+            log.info(json.dumps({"step": 1, "loss": 0.5}))
+            logging.getLogger("accelerate.state").warning(f"a library warning during {name}")
+            transformers_logging.get_logger("transformers.trainer").warning(f"transformers during {name}")
+
+        return Stage(name, [], {}, [tmp_path / name], run)
+
+    logs = tmp_path / "logs"
+    transformers_logging.set_verbosity_warning()  # conftest quiets transformers for the whole test run
+    try:
+        run_stages([stage("sample/a", "sampled a"), stage("score/a", "scored a")], tmp_path / "stages", logs)
+    finally:
+        transformers_logging.set_verbosity_error()
+    first, second = (logs / "sample--a.log").read_text(), (logs / "score--a.log").read_text()
+    assert "sampled a" in first and "scored a" not in first
+    assert "scored a" in second and '"loss": 0.5' in second
+    assert "a library warning during score/a" in second and "during sample/a" not in second
+    assert "transformers during score/a" in second
