@@ -59,9 +59,19 @@ class HFGenerator:
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
                 do_sample=sampling, temperature=settings.temperature if sampling else None,
                 top_p=settings.top_p if sampling else None, top_k=0 if sampling else None,
-                num_return_sequences=copies, pad_token_id=pad, eos_token_id=self.stop_ids)
-        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+                num_return_sequences=copies, pad_token_id=self.stop_ids[0] if self.stop_ids else pad,
+                eos_token_id=self.stop_ids)
+        texts = [self.tokenizer.decode(self._until_stop(ids), skip_special_tokens=True) for ids in output[:, width:].tolist()]
         return [texts[i * copies:(i + 1) * copies] * (settings.n // copies) for i in range(len(prompt_ids))]
+
+
+    def _until_stop(self, ids: list[int]) -> list[int]:
+        """An answer's tokens before its first stop token. generate fills the rest of a finished answer
+        with the stop token, not the pad token: in a batch without padding transformers drops the
+        attention mask, and a pad id fed back after the end then makes it warn that the input may be
+        padded without a mask."""
+        stops = set(self.stop_ids or ())
+        return next((ids[:index] for index, token in enumerate(ids) if token in stops), ids)
 
 
 class VLLMGenerator:
