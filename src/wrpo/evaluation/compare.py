@@ -51,7 +51,7 @@ class ModelResult:
         return {category: statistics.fmean(values) for category, values in sorted(grouped.items())}
 
     def as_dict(self) -> dict:
-        return {"mean_reward": self.mean_reward, "per_task": self.per_category, "mean_length": self.mean_length,
+        return {"mean_reward": self.mean_reward, "per_category": self.per_category, "mean_length": self.mean_length,
                 "judged": len(self.rewards), "judge_failures": len(self.failures)}
 
 
