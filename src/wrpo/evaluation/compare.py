@@ -33,7 +33,6 @@ class ModelResult:
     categories: dict[str, str] = field(default_factory=dict)  # prompt_id -> category
     answers: dict[str, str] = field(default_factory=dict)     # prompt_id -> answer
     failures: list[str] = field(default_factory=list)         # the judge's errors, one per failed row
-    answers_file: Path | None = None
 
     @property
     def mean_reward(self) -> float:
@@ -132,7 +131,7 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, outp
     scored = score([answers], judge, output_dir / "scores" / f"{label}-{scores_key}.jsonl", batch_size=batch_size,
                    trust_remote_code=trust_remote_code, skip_failures=True)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
-    result = ModelResult(label=label, rewards={}, categories=categories, answers_file=answers)
+    result = ModelResult(label=label, rewards={}, categories=categories)
     for _, row in read_rows(scored):
         prompt_id = str(row["prompt_id"])
         result.answers[prompt_id] = row["responses"][0]
