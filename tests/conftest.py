@@ -8,7 +8,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from wrpo.demo.tiny import save_tiny_llama  # noqa: E402
+from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_llama, save_tiny_model  # noqa: E402
+from wrpo.generation.settings import SamplingSettings  # noqa: E402
 
 WORDS = ["apple", "grape", "melon", "lemon", "peach", "mango", "kiwi", "plum", "fig", "date", "lime", "pear"]
 
@@ -49,3 +50,26 @@ def native_data(tmp_path) -> Path:
 @pytest.fixture
 def release_data(tmp_path) -> Path:
     return write_jsonl(tmp_path / "release.jsonl", release_rows())
+
+
+TINY = SamplingSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
+
+
+def prompts_file(path, words=WORDS):
+    return write_jsonl(path, [{"prompt_id": f"w{i}", "prompt": f"reverse {w}"} for i, w in enumerate(words)])
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """Two sources and a target of three architectures and three tokenizers."""
+    root = tmp_path_factory.mktemp("zoo")
+    corpus = [f"reverse {w} {w[::-1]}" for w in WORDS * 5]
+    return {
+        "llama-char": save_tiny_model(root / "llama-char", build_char_tokenizer(), "llama", seed=1),
+        "gpt2-bpe": save_tiny_model(root / "gpt2-bpe", build_bpe_tokenizer(corpus, 300), "gpt2", seed=2),
+        "qwen2-bpe": save_tiny_model(root / "qwen2-bpe", build_bpe_tokenizer(corpus, 280), "qwen2", seed=3),
+    }

@@ -1,7 +1,5 @@
 """The build steps return their summaries, and each table says what it counts."""
 
-import json
-
 from rich.console import Console
 from typer.testing import CliRunner
 

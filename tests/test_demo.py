@@ -59,7 +59,7 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
     assert set(saved["models"]) == labels
     for values in saved["models"].values():
         assert 0 <= values["mean_reward"] <= values["content_reward"] <= 1 and 0 <= values["tic_share"] <= 1
-        assert set(values["per_task"]) == set(TASKS)
+        assert set(values["per_category"]) == set(TASKS)
     assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
     ablation = saved["ablation"]["models"]
     assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "target-sft-rft",

@@ -58,6 +58,7 @@ def test_eval_reports_win_rates_per_category_and_writes_plots(models, tmp_path):
     # Tiny random models: one may answer longer every time, which leaves the length control n/a.
     assert math.isnan(comparison["lc_win_rate"]) or 0 < comparison["lc_win_rate"] < 1
     assert set(comparison["per_category"]) == {"short", "long"}
+    assert set(report["models"]["char"]["per_category"]) == {"short", "long"}  # mean reward per category
     assert report["models"]["char"]["mean_length"] >= 0
     for picture in ("win_rates.png", "rewards.png"):
         assert (tmp_path / "out" / picture).read_bytes()[:4] == b"\x89PNG"

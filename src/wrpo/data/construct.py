@@ -22,8 +22,8 @@ from rich.table import Table
 
 from wrpo.data.records import field_of, read_rows, row_failer
 from wrpo.data.resumable import write_jsonl_atomically
+from wrpo.data.samples import read_sample_rows
 from wrpo.errors import InputError
-from wrpo.reward.score import read_sample_rows
 
 
 @dataclass(frozen=True)

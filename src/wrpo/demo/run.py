@@ -32,7 +32,7 @@ from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
 from wrpo.files import write_text_atomically
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
-from wrpo.evaluation.plots import per_task_bars, reward_distributions, training_curves, win_rate_bars
+from wrpo.evaluation.plots import per_category_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.generation.settings import GREEDY
 from wrpo.pipeline.run import Stage, run_recipe, run_stages
 from wrpo.progress import console
@@ -41,6 +41,7 @@ from wrpo.training.run import train
 from wrpo.training.sft import WRPOSFTConfig, sft
 
 JUDGE = "wrpo.demo.tasks:reward"
+REWARD_AXIS = "mean reward (1 = exact answer)"  # the task reward's scale, which a generic judge lacks
 EVAL_SETTINGS = GREEDY.model_copy(update={"max_new_tokens": 24})
 # 1,800 SFT steps: with 600, SFT continued on the preference prompts still learnt content fast enough to
 # tie the preference stage on the reward; with three times as many it gains less (see the README).
@@ -205,8 +206,8 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     }
     win_rate_bars(comparisons, output_dir / "win_rates.png", "target-sft-wrpo, judged by the task reward")
     reward_distributions(results, output_dir / "rewards.png")
-    per_task_bars({label: {**r.per_category, "mean": r.mean_reward} for label, r in results.items()},
-                  output_dir / "per_task_reward.png", f"held-out reward per task (seed {seed})")
+    per_category_bars({label: {**r.per_category, "mean": r.mean_reward} for label, r in results.items()},
+                      output_dir / "per_task_reward.png", f"held-out reward per task (seed {seed})", ylabel=REWARD_AXIS)
     training_curves({"target-sft-wrpo": work / "models" / "target-sft-wrpo" / "metrics.jsonl"},
                     output_dir / "training.png")
 
@@ -240,14 +241,15 @@ def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, siz
             "mean_reward": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
             "per_seed": means, **{name: statistics.fmean(m[name] for m in style) for name in style[0]},
             "content_per_seed": [m["content_reward"] for m in style],
-            "per_task": {t: statistics.fmean(r.per_category[t] for r in results) for t in tasks},
-            "per_task_std": {t: statistics.stdev([r.per_category[t] for r in results]) if len(results) > 1 else 0.0
-                             for t in tasks},
+            "per_category": {t: statistics.fmean(r.per_category[t] for r in results) for t in tasks},
+            "per_category_std": {t: statistics.stdev([r.per_category[t] for r in results]) if len(results) > 1 else 0.0
+                                 for t in tasks},
         }
-    per_task_bars({label: {**s["per_task"], "mean": s["mean_reward"]} for label, s in summary.items()},
-                  output_dir / "ablation_per_task_reward.png",
-                  f"ablation: held-out reward, mean over seeds {', '.join(map(str, seeds))}",
-                  errors={label: {**s["per_task_std"], "mean": s["std"]} for label, s in summary.items()})
+    per_category_bars({label: {**s["per_category"], "mean": s["mean_reward"]} for label, s in summary.items()},
+                      output_dir / "ablation_per_task_reward.png",
+                      f"ablation: held-out reward, mean over seeds {', '.join(map(str, seeds))}",
+                      errors={label: {**s["per_category_std"], "mean": s["std"]} for label, s in summary.items()},
+                      ylabel=REWARD_AXIS)
     training_curves(curves, output_dir / "ablation_training.png")
     return {"seeds": list(seeds), "models": summary}
 
@@ -262,7 +264,7 @@ def render_report(report: dict) -> str:
              "|---|---|---|---|" + "---|" * len(report["tasks"])]
     for label, values in report["models"].items():
         lines.append(f"| {label} | {values['mean_reward']:.3f} | {values['tic_share']:.2f} | {values['content_reward']:.3f} | "
-                     + " | ".join(f"{values['per_task'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
+                     + " | ".join(f"{values['per_category'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
     lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |", "|---|---|---|---|---|"]
     for name, value in report["win_rates"].items():
         lines.append(f"| {name} | {value['win_rate']:.3f} | {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f} | "
@@ -277,7 +279,7 @@ def render_report(report: dict) -> str:
         for label, values in ablation["models"].items():
             lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {values['tic_share']:.2f} | "
                          f"{values['content_reward']:.3f} | "
-                         + " | ".join(f"{values['per_task'][t]:.3f}" for t in report["tasks"]) + " |")
+                         + " | ".join(f"{values['per_category'][t]:.3f}" for t in report["tasks"]) + " |")
         lines += ["", "![ablation](ablation_per_task_reward.png)", "", "![ablation training](ablation_training.png)", ""]
     return "\n".join(lines)
 
@@ -288,7 +290,7 @@ def show(report: dict) -> None:
         table.add_column(column, justify="right" if column != "model" else "left")
     for label, values in report["models"].items():
         table.add_row(label, f"{values['mean_reward']:.3f}", f"{values['tic_share']:.2f}",
-                      f"{values['content_reward']:.3f}", *(f"{values['per_task'].get(t, 0):.3f}" for t in report["tasks"]))
+                      f"{values['content_reward']:.3f}", *(f"{values['per_category'].get(t, 0):.3f}" for t in report["tasks"]))
     console.print(table)
     for name, value in report["win_rates"].items():
         console.print(f"{name}: {value['win_rate']:.3f} (95% CI {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})")

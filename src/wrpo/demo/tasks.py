@@ -30,11 +30,6 @@ def make_prompt(task: str, rng: random.Random, min_length: int = 3, max_length: 
     return f"{task}: " + "".join(rng.choice(alphabet) for _ in range(rng.randint(min_length, max_length)))
 
 
-def task_of(prompt) -> str:
-    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-    return text.split(":", 1)[0]
-
-
 def answer(prompt) -> str:
     text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
     task, _, argument = text.partition(": ")

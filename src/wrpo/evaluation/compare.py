@@ -33,7 +33,6 @@ class ModelResult:
     categories: dict[str, str] = field(default_factory=dict)  # prompt_id -> category
     answers: dict[str, str] = field(default_factory=dict)     # prompt_id -> answer
     failures: list[str] = field(default_factory=list)         # the judge's errors, one per failed row
-    answers_file: Path | None = None
 
     @property
     def mean_reward(self) -> float:
@@ -51,7 +50,7 @@ class ModelResult:
         return {category: statistics.fmean(values) for category, values in sorted(grouped.items())}
 
     def as_dict(self) -> dict:
-        return {"mean_reward": self.mean_reward, "per_task": self.per_category, "mean_length": self.mean_length,
+        return {"mean_reward": self.mean_reward, "per_category": self.per_category, "mean_length": self.mean_length,
                 "judged": len(self.rewards), "judge_failures": len(self.failures)}
 
 
@@ -132,7 +131,7 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, outp
     scored = score([answers], judge, output_dir / "scores" / f"{label}-{scores_key}.jsonl", batch_size=batch_size,
                    trust_remote_code=trust_remote_code, skip_failures=True)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
-    result = ModelResult(label=label, rewards={}, categories=categories, answers_file=answers)
+    result = ModelResult(label=label, rewards={}, categories=categories)
     for _, row in read_rows(scored):
         prompt_id = str(row["prompt_id"])
         result.answers[prompt_id] = row["responses"][0]

@@ -1,4 +1,4 @@
-"""Plots a person would rather look at than read: per-task rewards of every model, training curves."""
+"""Plots a person would rather look at than read: per-category rewards of every model, training curves."""
 
 from __future__ import annotations
 
@@ -11,23 +11,23 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def per_task_bars(per_task: dict[str, dict[str, float]], path: str | Path, title: str,
-                  errors: dict[str, dict[str, float]] | None = None) -> Path:
-    """Grouped bars: one group per task (plus "mean"), one bar per model."""
-    labels = list(per_task)
-    tasks = list(dict.fromkeys(task for values in per_task.values() for task in values))  # first-seen order
-    figure, axes = plt.subplots(figsize=(max(7, 1.6 * len(tasks) + 2), 4.5))
+def per_category_bars(per_category: dict[str, dict[str, float]], path: str | Path, title: str,
+                      errors: dict[str, dict[str, float]] | None = None, ylabel: str = "mean reward") -> Path:
+    """Grouped bars: one group per category (plus "mean"), one bar per model. The y range is the
+    data's: a reward model's scores need not lie in 0-1."""
+    labels = list(per_category)
+    categories = list(dict.fromkeys(c for values in per_category.values() for c in values))  # first-seen order
+    figure, axes = plt.subplots(figsize=(max(7, 1.6 * len(categories) + 2), 4.5))
     width = 0.8 / len(labels)
     for index, label in enumerate(labels):
-        positions = [t + (index - (len(labels) - 1) / 2) * width for t in range(len(tasks))]
-        heights = [per_task[label].get(task, 0.0) for task in tasks]
-        spread = [errors[label].get(task, 0.0) for task in tasks] if errors else None
+        positions = [c + (index - (len(labels) - 1) / 2) * width for c in range(len(categories))]
+        heights = [per_category[label].get(category, 0.0) for category in categories]
+        spread = [errors[label].get(category, 0.0) for category in categories] if errors else None
         axes.bar(positions, heights, width, label=label, yerr=spread, capsize=2 if spread else 0)
-    axes.set_xticks(range(len(tasks)), tasks)
-    axes.set_ylabel("mean reward (1 = exact answer)")
-    axes.set_ylim(0, 1.05)
+    axes.set_xticks(range(len(categories)), categories)
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.legend(fontsize=8, ncol=2, loc="lower right")
+    axes.legend(fontsize=8, ncol=2, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrpo.data.construct import build_pairs, build_sft
-from wrpo.errors import InputError
 from wrpo.files import write_text_atomically
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.generation.sample import sample

@@ -135,12 +135,10 @@ def resolve_settings(config_class, flags: dict[str, Any], config_path: str | Pat
         if value is not None:
             settings.pop(normalised.get(FLAG_FIELDS.get(key, key), ""), None)
             settings[key] = (value, None)
-    run = {key: value for key, (value, _) in settings.items() if key.replace("-", "_") in run_keys}
-    for flag, present in (("--model", run.get("model")), ("--data", run.get("data")),
-                          ("--output", any(FLAG_FIELDS.get(k.replace("-", "_"), k) == "output_dir" for k in settings))):
+    values, lines, run = normalise_settings(config_class, settings, config_path, run_keys)
+    for flag, present in (("--model", run.get("model")), ("--data", run.get("data")), ("--output", "output_dir" in values)):
         if not present:
             raise InputError(f"{flag} is required (on the command line or in --config)")
-    values, lines, run = normalise_settings(config_class, settings, config_path, run_keys)
     config = build_config(config_class, values, lines, config_path)
     return RunSettings(model=str(run["model"]), data=str(run["data"]),
                        ref_model=None if run.get("ref_model") is None else str(run["ref_model"]),

@@ -4,7 +4,7 @@ the response tokens only (TRL's prompt-completion format with completion_only_lo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets

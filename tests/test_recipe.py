@@ -1,0 +1,115 @@
+"""Recipes and `wrpo run`: every stage end to end on tiny local models, skipping what is done,
+redoing what changed; the shipped paper recipe; a bad recipe named by line."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import WORDS, prompts_file, read
+from wrpo.cli import app
+from wrpo.data.records import iter_quadruples
+
+
+def recipe_file(tmp_path, zoo, **wrpo):
+    recipe = {
+        "workdir": "work", "prompts": "prompts.jsonl",
+        "sources": [{"name": "llama-char", "model": str(zoo["llama-char"])},
+                    {"name": "gpt2-bpe", "model": str(zoo["gpt2-bpe"])}],
+        "target": {"name": "qwen2-bpe", "model": str(zoo["qwen2-bpe"])},
+        "reward": {"function": "scorers:reversal_similarity"},
+        "sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 6},
+        "split": {"sft_fraction": 0.34, "seed": 1},
+        "sft": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_length": 64},
+        "wrpo": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "beta": 0.5,
+                 "max_length": 64, "max_prompt_length": 32, **wrpo},
+    }
+    prompts_file(tmp_path / "prompts.jsonl", [w + s for s in ("", "s", "x") for w in WORDS])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_a_recipe_runs_end_to_end_then_skips_what_is_done_and_redoes_what_changed(zoo, tmp_path):
+    recipe = recipe_file(tmp_path, zoo)
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    work = tmp_path / "work"
+    quadruples = [q for _, q in iter_quadruples(work / "data" / "quadruples.jsonl")]
+    assert quadruples and all(q.meta["source_models"][0] in ("llama-char", "gpt2-bpe") for q in quadruples)
+    assert len(read(work / "models" / "target-sft-wrpo" / "metrics.jsonl")) == 2
+    assert (work / "models" / "target-sft" / "tokenizer.json").exists()
+    first = result.output.strip().splitlines()[-1]
+    assert "wrpo: ran" in first and "sample/sources/llama-char: ran" in first
+
+    again = CliRunner().invoke(app, ["run", str(recipe)])
+    assert again.exit_code == 0 and again.output.strip().splitlines()[-1].count("skipped") == 10
+
+    changed = recipe_file(tmp_path, zoo, beta=0.3)
+    last = CliRunner().invoke(app, ["run", str(changed)]).output.strip().splitlines()[-1]
+    assert "wrpo: redone" in last and last.count("skipped") == 9
+
+
+@pytest.mark.slow
+def test_an_edited_python_scorer_redoes_the_scoring_stages(zoo, tmp_path, monkeypatch):
+    module = tmp_path / "edited_scorer.py"
+    module.write_text("from scorers import reversal_similarity as score\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = recipe_file(tmp_path, zoo)
+    recipe.write_text(recipe.read_text().replace("scorers:reversal_similarity", "edited_scorer:score"))
+    assert CliRunner().invoke(app, ["run", str(recipe)]).exit_code == 0
+    module.write_text("# same scores, edited source\nfrom scorers import reversal_similarity as score\n")
+    last = CliRunner().invoke(app, ["run", str(recipe)]).output.strip().splitlines()[-1]
+    # Scores are the same, so the stages after them find their inputs unchanged.
+    assert last.count("redone") == 3 and "score/target-sft: redone" in last and "wrpo: skipped" in last
+
+
+def test_top_k_sources_reaches_training(zoo, tmp_path):  # a mismatch: test_settings.py
+    from wrpo.pipeline.recipe import load_recipe
+    from wrpo.pipeline.run import plan
+
+    path = recipe_file(tmp_path, zoo)
+    path.write_text(path.read_text() + "pairs: {top_k_sources: 2}\n")
+    recipe = load_recipe(path)
+    stages = {stage.name: stage for stage in plan(recipe)}
+    assert stages["wrpo"].settings["top_k_sources"] == 2
+
+
+def test_the_shipped_paper_recipe_is_valid(tmp_path):
+    """Validated, not run: its models are far too large for this machine."""
+    import dataclasses
+    from pathlib import Path
+
+    from wrpo.pipeline.recipe import load_recipe
+    from wrpo.pipeline.run import plan
+    from wrpo.training.config import WRPOConfig
+    from wrpo.training.sft import WRPOSFTConfig
+
+    path = Path(__file__).parent.parent / "recipes" / "llama3-8b-ultrafeedback.yaml"
+    recipe = load_recipe(path)
+    assert len(recipe.sources) == 10 and recipe.target.model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert recipe.reward.model == "RLHFlow/ArmoRM-Llama3-8B-v0.1" and recipe.reward.trust_remote_code
+    assert (recipe.sampling.n, recipe.sampling.temperature, recipe.sampling.top_p) == (5, 0.8, 0.95)
+    assert all(source.backend == "vllm" for source in recipe.sources)
+    wrpo, sft = recipe.wrpo, recipe.sft
+    assert (wrpo["beta"], wrpo["alpha"], wrpo["alpha_schedule"], wrpo["learning_rate"]) == (0.01, 0.1, "linear", 3e-7)
+    assert (wrpo["max_length"], wrpo["max_prompt_length"], sft["learning_rate"], sft["max_length"]) == (2048, 1800, 7e-6, 2048)
+    assert wrpo["per_device_train_batch_size"] * wrpo["gradient_accumulation_steps"] * 8 == 128
+    assert sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * 8 == 128
+    for section, config_class in ((wrpo, WRPOConfig), (sft, WRPOSFTConfig)):
+        assert set(section) <= {f.name for f in dataclasses.fields(config_class)}
+        assert json.loads((path.parent / section["deepspeed"]).read_text())["zero_optimization"]["stage"] == 3
+    # Every stage can be planned here, on a machine without the GPUs its bf16 and DeepSpeed settings need:
+    # those are checked by the machine that trains.
+    assert [stage.name for stage in plan(recipe)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
+
+
+def test_a_bad_recipe_names_the_file_line_and_setting(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("workdir: w\nprompts: p.jsonl\nsources:\n  - {name: a, model: m}\n  - name: b\n    model: m\n"
+                      "    backend: tgi\ntarget: {name: t, model: m}\nreward: {function: 'scorers:reversal_similarity'}\n")
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {recipe}:7: sources.1.backend: Input should be 'hf', 'vllm' or 'openai'\n"

@@ -1,0 +1,145 @@
+"""`wrpo sample` on tiny local models: settings, stopping, resuming, shards, bad input, `wrpo merge`."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY, WORDS, prompts_file, read, write_jsonl
+from wrpo.cli import app
+from wrpo.errors import InputError
+from wrpo.generation.settings import SamplingSettings
+from wrpo.generation.sample import sample
+from wrpo.reward.score import score
+
+
+def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
+    output = sample(str(zoo["gpt2-bpe"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY.model_copy(update={"batch_size": 4}))
+    rows = read(output)
+    assert sorted(r["prompt_id"] for r in rows) == sorted(f"w{i}" for i in range(len(WORDS)))
+    assert all(len(r["responses"]) == 3 and r["model"] == "gpt2-bpe" for r in rows)
+    assert rows[0]["generation"] == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 1,
+                                     "backend": "hf", "batch_size": 4, "shard": "0/1"}
+    assert not (tmp_path / "s.jsonl.partial").exists()
+
+
+def test_greedy_sampling_gives_n_identical_answers(zoo, tmp_path):
+    greedy = SamplingSettings(n=3, temperature=0.0, max_new_tokens=8)
+    rows = read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", greedy))
+    assert all(len(set(r["responses"])) == 1 and len(r["responses"]) == 3 for r in rows)
+
+
+def test_sampling_stops_at_every_end_of_turn_token_of_the_model(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from wrpo.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(zoo["llama-char"]))
+    model = AutoModelForCausalLM.from_pretrained(zoo["llama-char"])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("e")]
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = read(sample(str(tmp_path / "model"), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl",
+                       SamplingSettings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24)))
+    assert not any("e" in response[:-1] for row in rows for response in row["responses"])
+
+
+def test_resuming_with_other_settings_is_refused(zoo, tmp_path):
+    output = tmp_path / "s.jsonl"
+    rows = read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY))
+    output.rename(tmp_path / "s.jsonl.partial")  # as if it had not finished
+    with pytest.raises(InputError, match="with other settings"):
+        sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY.model_copy(update={"batch_size": 3}))
+    assert read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY)) == rows
+
+
+def test_shards_split_the_prompts_without_overlap(zoo, tmp_path):
+    prompts = prompts_file(tmp_path / "p.jsonl")
+    ids = [{r["prompt_id"] for r in read(sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", TINY,
+                                                shard=(i, 3)))} for i in range(3)]
+    assert set().union(*ids) == {f"w{i}" for i in range(len(WORDS))} and sum(map(len, ids)) == len(WORDS)
+
+
+@pytest.mark.slow
+def test_a_killed_sample_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(zoo, tmp_path):
+    words = [w + str(i) for i in range(5) for w in WORDS]  # 60 prompts, one per batch: long enough to kill
+    prompts = prompts_file(tmp_path / "p.jsonl", words)
+    settings = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
+    whole = read(sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl", settings.model_copy(update={"batch_size": 1})))
+
+    output = tmp_path / "killed.jsonl"
+    partial = tmp_path / "killed.jsonl.partial"
+    command = [sys.executable, "-m", "wrpo.cli", "sample", "--model", str(zoo["llama-char"]), "--prompts", str(prompts),
+               "--output", str(output), "-n", "2", "--temperature", "1", "--top-p", "1", "--max-new-tokens", "24",
+               "--seed", "5", "--batch-size", "1"]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not partial.exists() or partial.read_text().count("\n") < 3):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.exists() and not output.exists(), "the run finished before it could be killed"
+    kept = partial.read_text().count("\n")
+    assert 3 <= kept < len(words)
+    with partial.open("a") as handle:  # as if killed in the middle of a write
+        handle.write('{"prompt_id": "torn", "respon')
+
+    resumed = read(sample(str(zoo["llama-char"]), prompts, output, settings.model_copy(update={"batch_size": 1})))
+    assert resumed == whole
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_prompts", "missing.jsonl: file does not exist"),
+    ("empty_prompt", "p.jsonl:2: 'prompt' is empty"),
+    ("repeated_id", "p.jsonl:2: prompt_id 'a' repeats the one on line 1"),
+    ("no_tokenizer", "no tokenizer could be loaded"),
+    ("bad_shard", "--shard must look like I/N"),
+])
+def test_sample_bad_input_is_one_line_and_exit_2(zoo, tmp_path, case, expected):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": "a", "prompt": "x"},
+                                                 {"prompt_id": "a" if case == "repeated_id" else "b",
+                                                  "prompt": "" if case == "empty_prompt" else "y"}])
+    model, extra = zoo["llama-char"], []
+    if case == "missing_prompts":
+        prompts = tmp_path / "missing.jsonl"
+    elif case == "no_tokenizer":
+        model = tmp_path / "weights-only"
+        (model).mkdir()
+        for file in zoo["llama-char"].iterdir():
+            if file.name in ("config.json", "model.safetensors", "generation_config.json"):
+                (model / file.name).write_bytes(file.read_bytes())
+    elif case == "bad_shard":
+        extra = ["--shard", "3"]
+    result = CliRunner().invoke(app, ["sample", "--model", str(model), "--prompts", str(prompts),
+                                      "--output", str(tmp_path / "out.jsonl"), *extra])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and expected in result.stderr
+
+
+def test_the_vllm_backend_without_vllm_says_how_to_install_it(zoo, tmp_path):
+    if importlib.util.find_spec("vllm"):
+        pytest.skip("vLLM is installed here")
+    result = CliRunner().invoke(app, ["sample", "--model", str(zoo["llama-char"]), "--prompts",
+                                      str(prompts_file(tmp_path / "p.jsonl")), "--output", str(tmp_path / "o.jsonl"),
+                                      "--backend", "vllm"])
+    assert result.exit_code == 2 and "pip install 'wrpo[vllm]'" in result.stderr
+
+
+def test_sharded_sampling_and_scoring_merge_into_the_whole(zoo, tmp_path):
+    prompts = prompts_file(tmp_path / "p.jsonl")
+    shards = [sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", TINY, shard=(i, 2)) for i in range(2)]
+    result = CliRunner().invoke(app, ["merge", *map(str, shards), "--output", str(tmp_path / "all.jsonl")])
+    assert result.exit_code == 0, result.output
+    merged = read(tmp_path / "all.jsonl")
+    assert sorted(r["prompt_id"] for r in merged) == sorted(f"w{i}" for i in range(len(WORDS)))
+    scored = [score([tmp_path / "all.jsonl"], "scorers:reversal_similarity", tmp_path / f"c{i}.jsonl", shard=(i, 3))
+              for i in range(3)]
+    assert sum(len(read(path)) for path in scored) == len(WORDS)
+    twice = CliRunner().invoke(app, ["merge", str(shards[0]), str(shards[0]), "--output", str(tmp_path / "x.jsonl")])
+    assert twice.exit_code == 2 and "is also at" in twice.stderr

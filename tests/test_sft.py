@@ -1,0 +1,40 @@
+"""`wrpo sft` on tiny local models: the command, its settings, the tokens it trains on."""
+
+from typer.testing import CliRunner
+
+from conftest import WORDS, read, write_jsonl
+from wrpo.cli import app
+
+
+def test_sft_through_the_command_line(zoo, tmp_path):
+    sft_rows = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"reverse {w}", "response": w[::-1]} for w in WORDS])
+    result = CliRunner().invoke(app, ["sft", "--model", str(zoo["gpt2-bpe"]), "--data", str(sft_rows), "--output",
+                                      str(tmp_path / "sft"), "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    assert len(read(tmp_path / "sft" / "metrics.jsonl")) == 2
+    assert (tmp_path / "sft" / "model.safetensors").exists()
+
+
+def test_sft_honours_the_older_gradient_checkpointing_name(tmp_path):
+    from wrpo.training.sft import WRPOSFTConfig
+
+    assert WRPOSFTConfig(output_dir=str(tmp_path), gradient_checkpointing=True).activation_checkpointing is True
+    assert WRPOSFTConfig(output_dir=str(tmp_path)).activation_checkpointing is False
+
+
+def test_sft_trains_on_response_tokens_only(zoo, tmp_path):
+    from trl import SFTTrainer
+
+    from wrpo.modeling import load_causal_lm, load_tokenizer
+    from wrpo.training.sft import WRPOSFTConfig, load_sft_dataset
+
+    tokenizer = load_tokenizer(str(zoo["llama-char"]))
+    rows = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "reverse apple", "response": "elppa"}])
+    trainer = SFTTrainer(model=load_causal_lm(str(zoo["llama-char"])), processing_class=tokenizer,
+                         args=WRPOSFTConfig(output_dir=str(tmp_path / "out")),
+                         train_dataset=load_sft_dataset(rows, tokenizer))
+    example = trainer.train_dataset[0]
+    trained = [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    untrained = [token for token, label in zip(example["input_ids"], example["labels"]) if label == -100]
+    assert tokenizer.decode(trained) == "elppa</s>"
+    assert tokenizer.decode(untrained) == "<|user|>reverse apple</s><|assistant|>"
