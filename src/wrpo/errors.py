@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def place(path, line: int | None = None) -> str:
+    """Where a row is: FILE:LINE (lines from 1). Rows held in memory (wrpo.data.records.InMemoryRows, a
+    `datasets.Dataset` or a list of dicts) are not a file and name a row themselves, by its 0-based
+    index as Python reads it: train_dataset[3]."""
+    if line is None:
+        return str(path)
+    return path.place(line) if hasattr(path, "place") else f"{path}:{line}"
+
+
 class InputError(Exception):
-    """Bad user input: names the file and, where there is one, the line (1-based)."""
+    """Bad user input: names the file and, where there is one, the line (1-based), or for rows held
+    in memory the data set and the row's index (see place)."""
 
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
         self.path = None if path is None else str(path)
         self.line = line
         self.message = message
-        where = self.path if line is None or self.path is None else f"{self.path}:{line}"
-        super().__init__(f"{where}: {message}" if where else message)
+        super().__init__(f"{place(path, line)}: {message}" if self.path else message)
 
 
 class Problems:

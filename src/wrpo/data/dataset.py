@@ -1,15 +1,15 @@
-"""The training set: encoded quadruples from one or more files, and the collator that batches them."""
+"""The training set: encoded quadruples from one or more files or from rows in memory (a
+`datasets.Dataset`, a list of dicts), and the collator that batches them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from wrpo.data.records import FirstSeen, iter_quadruples
+from wrpo.data.records import FirstSeen, iter_quadruples, row_sources
 from wrpo.data.tokenize import EncodedQuadruple, QuadrupleEncoder
 from wrpo.errors import InputError
 from wrpo.losses import source_weights_from_scores
@@ -27,15 +27,15 @@ class QuadrupleDataset(Dataset):
         return self.examples[index]
 
 
-def load_quadruple_dataset(paths: str | Path | Sequence[str | Path], encoder: QuadrupleEncoder,
-                           source_weighting: str = "uniform") -> QuadrupleDataset:
-    """Reads, validates and encodes every row; a bad row, or a prompt_id seen before, raises InputError
-    naming its file and line."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+def load_quadruple_dataset(data, encoder: QuadrupleEncoder, source_weighting: str = "uniform",
+                           name: str = "dataset") -> QuadrupleDataset:
+    """Reads, validates and encodes every row of `data`: a file path, a list of paths, or rows in memory
+    (a `datasets.Dataset`, a list of dicts; `name` stands for them in messages). A bad row, or a
+    prompt_id seen before, raises InputError naming its file and line, or its index: `name[3]`."""
     examples = []
     first_seen = FirstSeen()
     with stage_progress("encoding quadruples") as progress:
-        for path in paths:
+        for path in row_sources(data, name):
             task = progress.add_task(str(path), total=None)
             for line, quadruple in iter_quadruples(path):
                 # One prompt twice in preference data weighs it twice and cannot be meant (rows of the

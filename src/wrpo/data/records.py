@@ -1,4 +1,5 @@
-"""Quadruple records: reading them from JSONL, Parquet or a `datasets` folder, and validating each row.
+"""Quadruple records: reading them from JSONL, Parquet, a `datasets` folder or rows held in memory (a
+`datasets.Dataset`, a list of dicts), and validating each row, the same way whatever they come from.
 
 Two formats are read as they are:
 - native:  {"prompt_id", "prompt", "chosen_source" (text or texts, best first), "chosen_target",
@@ -12,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrpo.errors import InputError
+from wrpo.errors import InputError, place
 
 Prompt = str | list[dict[str, str]]
 
@@ -33,8 +35,59 @@ class Quadruple:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line or row number from 1, row) for a .jsonl/.json file, a .parquet file or a datasets folder."""
+@dataclass(frozen=True, eq=False)
+class InMemoryRows:
+    """Rows held in memory (a `datasets.Dataset` or `IterableDataset`, a list of dicts), read like a file.
+    `name` stands for the file in messages, and a row is named by its 0-based index, as Python reads
+    it: `train_dataset[3]: missing field 'rejected'`."""
+
+    rows: Iterable
+    name: str = "dataset"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def place(self, index: int) -> str:
+        return f"{self.name}[{index}]"
+
+    def fingerprint(self) -> str:
+        """A hash of every row's content."""
+        digest = hashlib.sha256()
+        for _, row in _read_in_memory(self):
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+
+RowSource = str | Path | InMemoryRows
+
+
+def row_sources(data, name: str = "dataset") -> list[RowSource]:
+    """Where rows are read from: a file path, or each of a list of paths, as it is; rows held in memory
+    (a `datasets.Dataset` or `IterableDataset`, a list of dicts) as one InMemoryRows called `name`."""
+    if isinstance(data, (str, Path, InMemoryRows)):
+        return [data]
+    datasets = sys.modules.get("datasets")  # imported wherever a Dataset exists; files alone need not load it
+    if datasets is not None:
+        if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            splits = ", ".join(repr(split) for split in data)
+            raise InputError(f"a DatasetDict (splits {splits}), not one split: pass one, e.g. dataset['train']", name)
+        if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
+            return [InMemoryRows(data, name)]
+    if isinstance(data, Mapping) or not isinstance(data, Iterable):
+        raise InputError(f"expected a file path, a list of paths, a datasets.Dataset or a list of rows (dicts), "
+                         f"got {type(data).__name__}", name)
+    items = list(data)
+    if items and all(isinstance(item, (str, Path, InMemoryRows)) for item in items):
+        return items
+    return [InMemoryRows(items, name)]
+
+
+def read_rows(path: RowSource) -> Iterator[tuple[int, dict]]:
+    """(place, row) for a .jsonl/.json file, a .parquet file or a datasets folder (the line or row
+    number from 1), or for rows held in memory (the 0-based index)."""
+    if isinstance(path, InMemoryRows):
+        yield from _read_in_memory(path)
+        return
     path = Path(path)
     if not path.exists():
         raise InputError("file does not exist", path)
@@ -93,8 +146,16 @@ def _read_datasets_folder(path: Path) -> Iterator[tuple[int, dict]]:
     yield from enumerate(dataset, start=1)
 
 
-def iter_quadruples(path: str | Path) -> Iterator[tuple[int, Quadruple]]:
-    """(line, validated Quadruple) for every row of `path`; the first bad row raises InputError naming it."""
+def _read_in_memory(source: InMemoryRows) -> Iterator[tuple[int, dict]]:
+    for index, row in enumerate(source.rows):
+        if not isinstance(row, Mapping):
+            raise InputError(f"expected a row of named fields (a dict), got {type(row).__name__}", source, index)
+        yield index, dict(row)
+
+
+def iter_quadruples(path: RowSource) -> Iterator[tuple[int, Quadruple]]:
+    """(place, validated Quadruple) for every row of `path` (a file or rows in memory, see read_rows);
+    the first bad row raises InputError naming it."""
     empty = True
     for number, row in read_rows(path):
         empty = False
@@ -107,33 +168,35 @@ class FirstSeen:
     """Where each key (a prompt_id) was first read, over one or several files."""
 
     def __init__(self):
-        self.places: dict[str, tuple[str, int]] = {}
+        self.places: dict[str, tuple[RowSource, int]] = {}
         self.repeats = 0
 
-    def refuse_repeat(self, key: str, path: str | Path, line: int) -> None:
+    def refuse_repeat(self, key: str, path: RowSource, line: int) -> None:
         """Raises InputError naming both places when `key` was read before."""
         if self.count_repeat(key, path, line):
             first_path, first_line = self.places[key]
-            where = f"line {first_line}" if first_path == str(path) else f"{first_path}:{first_line}"
+            same_file = not isinstance(path, InMemoryRows) and str(first_path) == str(path)
+            where = f"line {first_line}" if same_file else place(first_path, first_line)  # b.jsonl:2, rows[2]
             raise InputError(f"prompt_id {key!r} repeats the one on {where}", path, line)
 
-    def count_repeat(self, key: str, path: str | Path, line: int) -> bool:
+    def count_repeat(self, key: str, path: RowSource, line: int) -> bool:
         """True (and counted) when `key` was read before; else remembers where it is."""
         if key in self.places:
             self.repeats += 1
             return True
-        self.places[key] = (str(path), line)
+        self.places[key] = (path, line)
         return False
 
 
-def row_failer(path: str | Path, line: int):
-    """fail(message) for the parse_* helpers: raises InputError naming the file and line."""
+def row_failer(path: RowSource, line: int):
+    """fail(message) for the parse_* helpers: raises InputError naming the file and line (or row)."""
     def fail(message: str):
         raise InputError(message, path, line)
     return fail
 
 
-def parse_quadruple(row: dict, path: str | Path, line: int) -> Quadruple:
+def parse_quadruple(row: dict, path: RowSource, line: int) -> Quadruple:
+    """The row (either format) validated; `path` and `line` name it in errors."""
     fail = row_failer(path, line)
 
     if "chosen_source" in row:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from wrpo.data.dataset import load_quadruple_dataset
+from wrpo.data.records import InMemoryRows, row_sources
 from wrpo.data.tokenize import QuadrupleEncoder
 from wrpo.files import path_fingerprint, write_text_atomically
 from wrpo.locks import output_lock
@@ -25,6 +25,7 @@ from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import is_main_process, is_verbose, say
 from wrpo.training.callbacks import TrainingDisplay
 from wrpo.training.config import WRPOConfig
+from wrpo.training.policy import load_policy
 from wrpo.training.trainer import WRPOTrainer
 
 
@@ -34,27 +35,24 @@ class TrainingResult:
     already_finished: bool = False  # the folder held this very run, finished: nothing was done to it
 
 
-def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfig, *,
-          ref_model: str | None = None, resume: bool = True, callbacks: Sequence = ()) -> TrainingResult:
-    """WRPO-trains `model` on the quadruples in `data` and saves model, tokenizer and
-    metrics.jsonl to config.output_dir. With `resume`, continues from the last checkpoint there, and
-    a run that already finished there (same model, data and settings) is left as it is.
-    Reference log-probs are cached beside the data unless config.reference_cache_dir says where."""
+def train(model: str, data, config: WRPOConfig, *, ref_model: str | None = None, resume: bool = True,
+          callbacks: Sequence = ()) -> TrainingResult:
+    """WRPO-trains `model` on the quadruples in `data` (a file, a list of files, a `datasets.Dataset` or a
+    list of dict rows; either format) and saves model, tokenizer and metrics.jsonl to config.output_dir.
+    With `resume`, continues from the last checkpoint there, and a run that already finished there (same
+    model, data and settings) is left as it is. Reference log-probs are cached beside the data file
+    (inside the output folder for data in memory) unless config.reference_cache_dir says where."""
     output_dir = Path(config.output_dir)
+    sources = row_sources(data, "data")  # once: a generator of rows can be read only once
     if config.reference_cache_dir is None:
-        config.reference_cache_dir = str(_reference_cache_dir(data, output_dir))
+        config.reference_cache_dir = str(_reference_cache_dir(sources[0], output_dir))
 
     def fit() -> None:
         tokenizer = load_tokenizer(model)
         encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
-        dataset = load_quadruple_dataset(data, encoder, config.source_weighting)
+        dataset = load_quadruple_dataset(sources, encoder, config.source_weighting)
         say(f"data: {encoder.report.describe()}")
-        # Weights stay float32 even with bf16 on: bf16 runs as autocast over float32 master weights,
-        # since WRPO's learning rates (3e-7) are below bf16's resolution for the weights themselves.
-        # (DeepSpeed with bf16 keeps bf16 weights and float32 master copies in its optimizer instead.)
-        policy = load_causal_lm(model, dtype=torch.float32, quantization_config=_four_bit(config))
-        if config.lora_r > 0:
-            policy = with_lora(policy, config)
+        policy = load_policy(model, config)  # float32 (4-bit for QLoRA), with LoRA adapters when asked
         # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
         needs_reference = ref_model is not None and config.loss not in REFERENCE_FREE
         trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -64,7 +62,7 @@ def train(model: str, data: str | Path | Sequence[str | Path], config: WRPOConfi
         if config.merge_lora and trainer.is_world_process_zero():
             merge_saved_adapters(model, output_dir)
 
-    return run_once(output_dir, run_fingerprint(config, model, data, ref_model), resume, fit)
+    return run_once(output_dir, run_fingerprint(config, model, sources, ref_model), resume, fit)
 
 
 FINISHED_FILE = "wrpo-finished.json"
@@ -73,10 +71,11 @@ FINISHED_FILE = "wrpo-finished.json"
 def run_fingerprint(config, model: str, data, ref_model: str | None = None) -> str:
     """What makes a training run the same run: the starting model's and the data's content, and every
     setting (the process's rank aside)."""
-    paths = [data] if isinstance(data, (str, Path)) else list(data)
     settings = {key: value for key, value in config.to_dict().items() if key != "local_rank"}
+    data_parts = [source.fingerprint() if isinstance(source, InMemoryRows) else path_fingerprint(str(source))
+                  for source in row_sources(data)]
     parts = {"model": path_fingerprint(model), "ref_model": ref_model and path_fingerprint(ref_model),
-             "data": [path_fingerprint(str(path)) for path in paths], "settings": settings}
+             "data": data_parts, "settings": settings}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -116,37 +115,6 @@ def merge_saved_adapters(base_model: str, output_dir: Path) -> None:
     (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
 
 
-def _four_bit(config):
-    """bitsandbytes NF4 settings for a QLoRA base (compute in bf16 when training in bf16), or None."""
-    if not config.load_in_4bit:
-        return None
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float32)
-
-
-def with_lora(model, config):
-    """The model with LoRA adapters (peft); only the adapters train. The reference is the model
-    with its adapters disabled, so no second copy is kept."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    # Seeded here, not only by Trainer later: the adapters' random start must not depend on what drew
-    # random numbers before (a ZeRO-3 load does), so that one seed gives one run on any launcher.
-    set_seed(config.seed)
-    if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
-        for module in model.modules():
-            # On CPUs bitsandbytes repacks 4-bit weights for inference at the first eval-mode pass (the
-            # reference pass) and keeps them so; its repacked matmul has no gradient for the layer's input.
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
-    targets = config.lora_target_modules
-    modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
-    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,
-                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
-
-
 def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
     """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer.
     The console shows wrpo's training display, or with --verbose transformers' own bar and log lines."""
@@ -161,9 +129,12 @@ def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
     trainer.save_model(str(output_dir))
 
 
-def _reference_cache_dir(data, output_dir: Path) -> Path:
-    """DATA.wrpo-cache beside the (first) data file, or inside the output folder when that is read-only."""
-    first = Path(data if isinstance(data, (str, Path)) else data[0])
+def _reference_cache_dir(source, output_dir: Path) -> Path:
+    """DATA.wrpo-cache beside the (first) data file, or inside the output folder when that is read-only
+    or the data are rows in memory."""
+    if isinstance(source, InMemoryRows):
+        return output_dir / "reference-cache"
+    first = Path(source)
     if os.access(first.parent, os.W_OK):
         return first.parent / f"{first.name}.wrpo-cache"
     return output_dir / "reference-cache"

@@ -4,6 +4,10 @@ Checkpointing, resume, logging integrations, accelerate, DeepSpeed and peft come
 this class adds the policy/reference log-probs, the alpha schedule and the WRPO metrics. The
 speed-ups (precomputed reference log-probs, shared prompt, chunked output head, length-grouped
 batches) are switches of WRPOConfig; each gives the naive computation's result.
+
+It is called as TRL's DPOTrainer is: a model (or its path), a config, a `datasets.Dataset` of rows in
+either quadruple format (or a list of dicts), and the tokenizer as processing_class. Rows are read,
+validated and encoded as `wrpo train` reads its data file (wrpo.data.dataset.load_quadruple_dataset).
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 from trl.trainer.utils import disable_dropout_in_model
 
-from wrpo.data.dataset import QuadrupleCollator
+from wrpo.data.dataset import QuadrupleCollator, QuadrupleDataset, load_quadruple_dataset
+from wrpo.data.tokenize import QuadrupleEncoder
 from wrpo.losses import LOSSES, REFERENCE_FREE, LossOutput, LossSettings, PreferenceLogps, ResponseLogps
+from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.progress import console, is_main_process
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import WRPOConfig
 from wrpo.training.logps import batch_logps, head_reproduces_logits, split_responses
+from wrpo.training.policy import is_peft_model, load_policy, with_lora
 from wrpo.training.reference import with_reference_logps
 from wrpo.training.schedules import alpha_at
 
@@ -45,9 +53,57 @@ def whole_weights(model):
         yield
 
 
+def encoded_quadruples(data, name: str, tokenizer, args: WRPOConfig) -> QuadrupleDataset:
+    """`data` as encoded quadruples: a QuadrupleDataset as it is; rows (a `datasets.Dataset`, a list of
+    dicts, a file) read, validated and encoded as `wrpo train` does its data file, errors naming the
+    row as `train_dataset[3]`."""
+    if isinstance(data, QuadrupleDataset):
+        return data
+    encoder = QuadrupleEncoder(tokenizer, args.max_length, args.max_prompt_length, args.top_k_sources)
+    encoded = load_quadruple_dataset(data, encoder, args.source_weighting, name)
+    if is_main_process():
+        console.print(f"{name}: {encoder.report.describe()}")
+    return encoded
+
+
 class WRPOTrainer(Trainer):
-    def __init__(self, model, args: WRPOConfig, train_dataset, processing_class, ref_model=None,
-                 eval_dataset=None, callbacks=None, data_collator=None):
+    """WRPO on a transformers Trainer, called as TRL's DPOTrainer:
+
+        WRPOTrainer(model=model_or_path, args=WRPOConfig(...), train_dataset=dataset, processing_class=tokenizer)
+
+    model: a causal LM, or its path (loaded in float32, 4-bit with load_in_4bit); given LoRA adapters
+    when args.lora_r > 0 and it has none yet. train_dataset / eval_dataset: a `datasets.Dataset` (or a
+    list of dicts) of native or release-format rows, or a QuadrupleDataset already encoded; eval_dataset
+    may also be a dict of them, named in the metrics as Trainer does. processing_class: the tokenizer,
+    loaded from the model's path when not given. ref_model (a model or its path): the reference; by
+    default the starting policy (or, for LoRA, the policy with its adapters disabled). args: by default
+    WRPOConfig(output_dir="<model name>-WRPO").
+    """
+
+    def __init__(self, model, args: WRPOConfig | None = None, train_dataset=None, processing_class=None,
+                 ref_model=None, eval_dataset=None, callbacks=None, data_collator=None):
+        model_path = model if isinstance(model, str) else getattr(model, "name_or_path", None)
+        if args is None:
+            args = WRPOConfig(output_dir=f"{str(model_path or 'model').rstrip('/').split('/')[-1]}-WRPO")
+        if isinstance(model, str):
+            model = load_policy(model, args)
+        elif args.lora_r > 0 and not is_peft_model(model):
+            model = with_lora(model, args)
+        if isinstance(ref_model, str):
+            ref_model = load_causal_lm(ref_model, dtype=torch.float32)
+        if processing_class is None:
+            if not model_path:
+                raise ValueError("processing_class is None and the model has no name_or_path to load a tokenizer "
+                                 "from: pass processing_class=tokenizer")
+            processing_class = load_tokenizer(model_path)
+        if train_dataset is None:
+            raise ValueError("train_dataset is needed: a datasets.Dataset (or a list of dicts) of quadruple rows")
+        train_dataset = encoded_quadruples(train_dataset, "train_dataset", processing_class, args)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: encoded_quadruples(value, f"eval_dataset[{key!r}]", processing_class, args)
+                            for key, value in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = encoded_quadruples(eval_dataset, "eval_dataset", processing_class, args)
         pad_id = processing_class.pad_token_id
         if pad_id is None:
             pad_id = processing_class.eos_token_id or 0
@@ -102,6 +158,7 @@ class WRPOTrainer(Trainer):
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._eval_prefix = "eval"
 
     def _attach_reference_logps(self, reference) -> None:
         def attach(dataset):
@@ -111,7 +168,9 @@ class WRPOTrainer(Trainer):
                                         precision=f"bf16={self.args.bf16} fp16={self.args.fp16}")
 
         self.train_dataset = attach(self.train_dataset)
-        if self.eval_dataset is not None:
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {key: attach(dataset) for key, dataset in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
             self.eval_dataset = attach(self.eval_dataset)
 
     def _length_grouped_sampler(self, dataset, batch_size: int, generator=None):
@@ -200,11 +259,18 @@ class WRPOTrainer(Trainer):
             metrics[name].append(self.accelerator.gather_for_metrics(values.detach()).float().mean().item())
         metrics["alpha"].append(alpha)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if eval_dataset is not None and not isinstance(eval_dataset, (str, dict, QuadrupleDataset)):
+            eval_dataset = encoded_quadruples(eval_dataset, "eval_dataset", self.processing_class, self.args)
+        # Trainer evaluates a dict of eval sets one by one with the prefix eval_<name>; log() names ours so.
+        self._eval_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         averaged = {name: sum(values) / len(values) for name, values in self._metrics[mode].items() if values}
         if mode == "eval":
-            averaged = {f"eval_{name}": value for name, value in averaged.items()}
+            averaged = {f"{self._eval_prefix}_{name}": value for name, value in averaged.items()}
         logs.update(averaged)
         self._metrics[mode].clear()
         super().log(logs, start_time)

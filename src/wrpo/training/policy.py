@@ -1,0 +1,55 @@
+"""The policy a WRPO run trains: loaded in float32 (4-bit NF4 for QLoRA) and given LoRA adapters when
+the config asks for them. `train()` and WRPOTrainer (given a model path or object) both build it here."""
+
+from __future__ import annotations
+
+import torch
+from transformers import set_seed
+
+from wrpo.modeling import load_causal_lm
+
+
+def load_policy(name_or_path: str, config):
+    """The model at `name_or_path` as config says to train it. Weights stay float32 even with bf16 on:
+    bf16 runs as autocast over float32 master weights, since WRPO's learning rates (3e-7) are below bf16's
+    resolution for the weights themselves. (DeepSpeed with bf16 keeps bf16 weights and float32 master
+    copies in its optimizer instead.)"""
+    policy = load_causal_lm(name_or_path, dtype=torch.float32, quantization_config=four_bit_config(config))
+    return with_lora(policy, config) if config.lora_r > 0 else policy
+
+
+def is_peft_model(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def four_bit_config(config):
+    """bitsandbytes NF4 settings for a QLoRA base (compute in bf16 when training in bf16), or None."""
+    if not config.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float32)
+
+
+def with_lora(model, config):
+    """The model with LoRA adapters (peft); only the adapters train. The reference is the model
+    with its adapters disabled, so no second copy is kept."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    # Seeded here, not only by Trainer later: the adapters' random start must not depend on what drew
+    # random numbers before (a ZeRO-3 load does), so that one seed gives one run on any launcher.
+    set_seed(config.seed)
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+        for module in model.modules():
+            # On CPUs bitsandbytes repacks 4-bit weights for inference at the first eval-mode pass (the
+            # reference pass) and keeps them so; its repacked matmul has no gradient for the layer's input.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    targets = config.lora_target_modules
+    modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
+    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,
+                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
