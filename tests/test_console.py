@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from transformers.utils import logging as transformers_logging
 
 from conftest import native_rows, write_jsonl
@@ -25,6 +27,7 @@ def wrpo(*args, tmp_path):
                           cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.slow  # a fresh process that imports the libraries and trains
 def test_training_prints_a_few_plain_lines_with_its_metrics_and_none_of_the_libraries_output(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
     output = tmp_path / "out"
@@ -41,6 +44,7 @@ def test_training_prints_a_few_plain_lines_with_its_metrics_and_none_of_the_libr
     assert len((output / "metrics.jsonl").read_text().splitlines()) == 8  # every step still recorded
 
 
+@pytest.mark.slow  # a fresh process that imports the libraries and trains
 def test_training_display_shows_wrpo_metrics(tiny_model, native_data, tmp_path):
     done = wrpo("train", "--model", tiny_model, "--data", native_data, "--output", tmp_path / "out", *FAST,
                 "--max-prompt-length", "24", tmp_path=tmp_path)
@@ -49,6 +53,7 @@ def test_training_display_shows_wrpo_metrics(tiny_model, native_data, tmp_path):
     assert len(last) == 1 and all(f" {name} " in last[0] for name in ("loss", "margin", "accuracy", "alpha"))
 
 
+@pytest.mark.slow  # a fresh process that imports the libraries and trains
 def test_verbose_shows_the_libraries_own_output(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
     done = wrpo("--verbose", "sft", "--model", tiny_model, "--data", data, "--output", tmp_path / "out", *FAST,
