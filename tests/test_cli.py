@@ -51,6 +51,7 @@ def snapshot(folder):
     return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_leaves_its_folder_untouched_and_a_longer_one_resumes(tiny_model, native_data,
                                                                                        tmp_path):
     output = tmp_path / "out"
@@ -106,6 +107,7 @@ def test_every_command_has_help(command):
     assert shown.exit_code == 0 and "Usage" in shown.output
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_a_one_line_error_without_traceback(tmp_path):
     failed = subprocess.run([sys.executable, "-m", "wrpo.cli", "train", "--model", str(tmp_path / "nope"),
                              "--data", "x.jsonl", "--output", str(tmp_path / "out")],

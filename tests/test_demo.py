@@ -49,6 +49,7 @@ def test_win_rate_counts_ties_half_and_brackets_the_rate():
     assert 0 <= result.low <= result.rate <= result.high <= 1
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     output = Path("demo")  # relative, as `make demo` gives it

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import native_rows, write_jsonl
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 TRAIN = ["train", "--max-steps", "3", "--lr", "1e-2", "--beta", "0.5", "--alpha", "0.5", "--max-length", "48",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import WORDS, write_jsonl
@@ -39,6 +40,7 @@ def row_ids(output):
     return [json.loads(line)["prompt_id"] for line in output.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_output_stops_with_one_line_and_the_first_finishes(tiny_model, tmp_path):
     command = sample_command(tiny_model, prompts(tmp_path / "p.jsonl", 200), tmp_path / "s.jsonl")
     first = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -55,6 +57,7 @@ def test_a_second_run_on_a_locked_output_stops_with_one_line_and_the_first_finis
     assert not lock_path(tmp_path / "s.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over_and_reported(tiny_model, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -67,6 +70,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_reported(tiny_model, t
     assert sorted(row_ids(tmp_path / "s.jsonl")) == ["q0", "q1", "q2"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_a_rerun_resumes_and_holds_every_row_once(tiny_model, tmp_path):
     command = sample_command(tiny_model, prompts(tmp_path / "p.jsonl", 60), tmp_path / "s.jsonl")
     victim = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

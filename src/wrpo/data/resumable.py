@@ -10,8 +10,10 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from wrpo.data.records import read_rows
 from wrpo.errors import InputError
 from wrpo.files import write_text_atomically
+from wrpo.locks import output_lock
 
 
 class ResumableJsonl:
@@ -80,9 +82,6 @@ def merge_jsonl(inputs, output: str | Path, key: Callable[[dict], str]) -> Path:
     """Concatenates the shards of a stage (`--shard I/N` outputs) into one file, atomically, under the
     output's lock; a shard still being written (its .partial is there) or a key found in two shards is
     an error naming the place."""
-    from wrpo.data.records import read_rows
-    from wrpo.locks import output_lock
-
     with output_lock(output):
         seen: dict[str, str] = {}
         rows = []

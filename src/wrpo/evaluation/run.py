@@ -10,12 +10,13 @@ from rich.table import Table
 from wrpo.data.prompts import read_prompts
 from wrpo.errors import InputError, Problems
 from wrpo.evaluation.compare import Comparison, ModelResult, compare, evaluate_model, format_rate
-from wrpo.evaluation.exports import export_alpaca_eval, export_arena_hard, export_mt_bench
+from wrpo.evaluation.exports import FORMATS, export_alpaca_eval, export_arena_hard, export_mt_bench
 from wrpo.evaluation.plots import reward_distributions, win_rate_bars
 from wrpo.files import write_text_atomically
 from wrpo.generation.settings import GREEDY, SamplingSettings
-from wrpo.modeling import load_tokenizer
+from wrpo.modeling import check_model_location, load_tokenizer
 from wrpo.progress import console
+from wrpo.reward.scorers import check_scorer
 
 
 def parse_models(text: str) -> dict[str, str]:
@@ -53,10 +54,6 @@ def check_eval_arguments(models: dict[str, str], baseline: tuple[str, str], prom
     """Everything that can be checked before any model answers: the model folders, the prompts, the
     judge (imported and called once, or its folder loaded) and the export formats. Each problem is
     named; all of them are reported at once."""
-    from wrpo.evaluation.exports import FORMATS
-    from wrpo.modeling import check_model_location
-    from wrpo.reward.scorers import check_scorer
-
     problems = Problems()
     for path in dict.fromkeys([*models.values(), baseline[1]]):
         problems.check(check_model_location, path)
