@@ -157,7 +157,8 @@ def report(results: dict[str, list[dict]]) -> str:
         return f"{row[key] / rows[other][key]:.2f}x" if other in rows else "-"
 
     for runner, row in rows.items():
-        lines.append(f"| {runner} | {row['examples_per_s']:.2f} | {row['with_precompute']:.2f} | {row['setup_s']:.1f} | "
+        lines.append(f"| {runner} | {row['examples_per_s']:.2f} | {row['with_precompute']:.2f} | "
+                     f"{row['setup_s']:.1f} | "
                      f"{row['peak_mb']:.0f} | {row['training_mb']:.0f} | {ratio(row, 'naive', 'examples_per_s')} | "
                      f"{ratio(row, fastest_trl, 'examples_per_s')} | {ratio(row, 'naive', 'training_mb')} |")
     return "\n".join(lines)

@@ -33,7 +33,8 @@ def native_rows(count: int = len(WORDS)) -> list[dict]:
 
 def release_rows() -> list[dict]:
     return [{"prompt": {"role": "user", "content": f"reverse {w}"},
-             "chosen": [{"role": "assistant", "content": w[::-1]}, {"role": "assistant", "content": w[::-1][:-1] + "x"}],
+             "chosen": [{"role": "assistant", "content": w[::-1]},
+                        {"role": "assistant", "content": w[::-1][:-1] + "x"}],
              "rejected": [{"role": "assistant", "content": w}]} for w in WORDS]
 
 

@@ -47,7 +47,8 @@ def test_sft_rows_repeating_a_prompt_are_trained_on_and_counted(tiny_model, tmp_
     rows = [{"prompt_id": "a", "prompt": "reverse abc", "response": "cba"},
             {"prompt_id": "a", "prompt": "reverse abc", "response": "c b a"},
             {"prompt_id": "b", "prompt": "reverse xy", "response": "yx"}]
-    result = CliRunner().invoke(app, ["sft", "--model", str(tiny_model), "--data", str(write_jsonl(tmp_path / "s.jsonl", rows)),
+    result = CliRunner().invoke(app, ["sft", "--model", str(tiny_model),
+                                      "--data", str(write_jsonl(tmp_path / "s.jsonl", rows)),
                                       "--output", str(tmp_path / "out"), "--max-steps", "1", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "1 of 3 SFT rows repeat a prompt_id of an earlier row" in result.stderr

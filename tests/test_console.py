@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from transformers.utils import logging as transformers_logging
 
 from conftest import native_rows, write_jsonl
@@ -29,7 +28,8 @@ def wrpo(*args, tmp_path):
 
 @pytest.mark.slow  # a fresh process that imports the libraries and trains
 def test_training_prints_a_few_plain_lines_with_its_metrics_and_none_of_the_libraries_output(tiny_model, tmp_path):
-    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
+    data = write_jsonl(tmp_path / "sft.jsonl",
+                       [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
     output = tmp_path / "out"
     done = wrpo("sft", "--model", tiny_model, "--data", data, "--output", output, *FAST, tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -55,7 +55,8 @@ def test_training_display_shows_wrpo_metrics(tiny_model, native_data, tmp_path):
 
 @pytest.mark.slow  # a fresh process that imports the libraries and trains
 def test_verbose_shows_the_libraries_own_output(tiny_model, tmp_path):
-    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
+    data = write_jsonl(tmp_path / "sft.jsonl",
+                       [{"prompt": r["prompt"], "response": r["chosen_source"]} for r in native_rows()])
     done = wrpo("--verbose", "sft", "--model", tiny_model, "--data", data, "--output", tmp_path / "out", *FAST,
                 tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -6,13 +6,15 @@ from wrpo.data.records import iter_quadruples
 
 
 def scored_rows(model, scores_per_prompt):
-    return [{"prompt_id": pid, "prompt": f"reverse {pid}", "model": model, "responses": [f"{model}-{pid}-{i}" for i in range(len(s))],
-             "scores": s} for pid, s in scores_per_prompt.items()]
+    return [{"prompt_id": pid, "prompt": f"reverse {pid}", "model": model,
+             "responses": [f"{model}-{pid}-{i}" for i in range(len(s))], "scores": s}
+            for pid, s in scores_per_prompt.items()]
 
 
 def test_build_sft_picks_the_best_response_over_all_sources_and_splits_stably(tmp_path):
     ids = [f"p{i}" for i in range(30)]
-    a = write_jsonl(tmp_path / "a.jsonl", scored_rows("a", {pid: [0.1, 0.9 if i % 2 else 0.2] for i, pid in enumerate(ids)}))
+    a = write_jsonl(tmp_path / "a.jsonl",
+                    scored_rows("a", {pid: [0.1, 0.9 if i % 2 else 0.2] for i, pid in enumerate(ids)}))
     b = write_jsonl(tmp_path / "b.jsonl", scored_rows("b", {pid: [0.5, 0.4] for pid in ids}))
     summary = build_sft([a, b], tmp_path / "sft.jsonl", tmp_path / "pref.jsonl", sft_fraction=1 / 3, seed=7)
     sft_rows, pref_rows = read(tmp_path / "sft.jsonl"), read(tmp_path / "pref.jsonl")
@@ -22,7 +24,8 @@ def test_build_sft_picks_the_best_response_over_all_sources_and_splits_stably(tm
         odd = int(row["prompt_id"][1:]) % 2
         assert row["response"] == (f"a-{row['prompt_id']}-1" if odd else f"b-{row['prompt_id']}-0")
     for row in pref_rows:
-        assert [s["score"] for s in row["source_responses"]] == sorted([s["score"] for s in row["source_responses"]], reverse=True)
+        scores = [s["score"] for s in row["source_responses"]]
+        assert scores == sorted(scores, reverse=True)
     assert summary.wins == {"a": 15, "b": 15}
     # The split is a function of the id and seed alone: other data, same ids, same split.
     build_sft([b], tmp_path / "sft2.jsonl", tmp_path / "pref2.jsonl", sft_fraction=1 / 3, seed=7)

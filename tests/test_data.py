@@ -19,7 +19,7 @@ def quadruples(path):
 def test_native_and_release_formats_read_to_the_same_quadruples(native_data, release_data):
     native, release = quadruples(native_data), quadruples(release_data)
     assert len(native) == len(release) == 12
-    for a, b in zip(native, release):
+    for a, b in zip(native, release, strict=True):
         assert a.chosen_source == b.chosen_source
         assert a.chosen_target == b.chosen_target and a.rejected == b.rejected
     assert native[0].prompt == "reverse apple" and native[0].prompt_id == "p0"
@@ -52,11 +52,14 @@ def test_several_source_responses_with_scores():
 
 BAD_ROWS = [
     ('{"prompt": "x", "chosen_source": "a", "chosen_target": "b"}', "missing field 'rejected'"),
-    ('{"prompt": "x", "chosen_source": "a", "chosen_target": "  ", "rejected": "c"}', "'chosen_target' is an empty response"),
+    ('{"prompt": "x", "chosen_source": "a", "chosen_target": "  ", "rejected": "c"}',
+     "'chosen_target' is an empty response"),
     ('{"prompt": "", "chosen_source": "a", "chosen_target": "b", "rejected": "c"}', "'prompt' is empty"),
     ('{"prompt": "x", "chosen_target": "b", "rejected": "c"}', "missing field 'chosen_source'"),
-    ('{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": ["c"]}', "'chosen' must be a list"),
-    ('{"prompt": [{"content": "x"}], "chosen_source": "a", "chosen_target": "b", "rejected": "c"}', "'role' and 'content'"),
+    ('{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": ["c"]}',
+     "'chosen' must be a list"),
+    ('{"prompt": [{"content": "x"}], "chosen_source": "a", "chosen_target": "b", "rejected": "c"}',
+     "'role' and 'content'"),
     ('{"prompt": "x", "chosen_source": "a", "chosen_target": "b", "rejected": "c"', "not valid JSON"),
     ('["a list"]', "expected a JSON object"),
 ]

@@ -35,11 +35,13 @@ def varied_native_rows():
     rows[0]["meta"]["source_scores"] = [0.9]  # one row only: Arrow gives the others source_scores None
     rows[1]["chosen_source"] = [rows[1]["chosen_source"], "second best"]  # a list in every row below
     for row in rows:
-        row["chosen_source"] = row["chosen_source"] if isinstance(row["chosen_source"], list) else [row["chosen_source"]]
+        if not isinstance(row["chosen_source"], list):
+            row["chosen_source"] = [row["chosen_source"]]
     return rows
 
 
-@pytest.mark.parametrize("rows, by_path", [(varied_native_rows, False), (release_rows, True)], ids=["native", "release"])
+@pytest.mark.parametrize("rows, by_path", [(varied_native_rows, False), (release_rows, True)],
+                         ids=["native", "release"])
 def test_a_dataset_trains_exactly_as_its_jsonl_file(tiny_model, tmp_path, rows, by_path):
     rows = rows()
     train(str(tiny_model), write_jsonl(tmp_path / "q.jsonl", rows), config(tmp_path / "from-file"))

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+
 from wrpo.demo.run import DemoSize, run_demo, style_metrics
 from wrpo.demo.tasks import TASKS, answer, reward
-from wrpo.demo.zoo import SOURCES, TARGET, TIC_RATE, training_rows, styled_answer
+from wrpo.demo.zoo import SOURCES, TARGET, TIC_RATE, styled_answer, training_rows
 from wrpo.evaluation.compare import ModelResult, win_rate
 
 SMALL = DemoSize(prompts=60, eval_prompts=16, zoo_steps=30, sft_steps=10, wrpo_epochs=1)
@@ -24,7 +25,8 @@ def test_task_answers_and_the_positional_reward():
 def test_sources_are_specialists_with_style_tics_and_the_target_only_repeats():
     covered = {task for model in SOURCES for task in model.tasks}
     assert covered == set(TASKS)
-    assert len({m.architecture for m in (*SOURCES, TARGET)}) == 4 and len({m.tokenizer for m in (*SOURCES, TARGET)}) == 4
+    assert len({m.architecture for m in (*SOURCES, TARGET)}) == 4
+    assert len({m.tokenizer for m in (*SOURCES, TARGET)}) == 4
     assert styled_answer(SOURCES[0], "reverse: abc") == "cba." and styled_answer(TARGET, "reverse: abc") == "abc"
     assert styled_answer(SOURCES[0], "reverse: abc", tic=False) == "cba"
     rows = training_rows(SOURCES[2], 1000, seed=0)  # most, not all, training answers carry the tic
@@ -65,12 +67,13 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
     ablation = saved["ablation"]["models"]
     assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "target-sft-rft",
             "wrpo-y_ws-from-1-source", "wrpo-y_ws-from-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
-    training = {json.loads(line)["prompt"] for s in (0, 1) for line in (output / f"run-seed{s}" / "prompts.jsonl").open()}
+    training = {json.loads(line)["prompt"] for s in (0, 1)
+                for line in (output / f"run-seed{s}" / "prompts.jsonl").open()}
     held_out = [json.loads(line)["prompt"] for line in (output / "eval_prompts.jsonl").open()]
     assert len(set(held_out)) == len(held_out) == SMALL.eval_prompts and not training & set(held_out)
     assert all(len(values["per_seed"]) == 2 for values in ablation.values())
-    for picture in ("per_task_reward.png", "training.png", "win_rates.png", "rewards.png", "ablation_per_task_reward.png",
-                    "ablation_training.png"):
+    for picture in ("per_task_reward.png", "training.png", "win_rates.png", "rewards.png",
+                    "ablation_per_task_reward.png", "ablation_training.png"):
         assert (output / picture).read_bytes()[:4] == b"\x89PNG"
     assert "| target-sft-wrpo vs target-sft |" in (output / "report.md").read_text()
     # The zoo is saved like real checkpoints, and a second run finds everything done.

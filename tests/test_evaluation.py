@@ -116,7 +116,8 @@ def test_unknown_export_format_is_a_one_line_error(models, tmp_path):
     result = CliRunner().invoke(app, ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]),
                                       "--prompts", str(prompts_with_categories(tmp_path / "p.jsonl")),
                                       "--judge", "scorers:reversal_similarity", "--export", "helm"])
-    assert result.exit_code == 2 and result.stderr == "error: --export knows alpaca_eval, arena_hard, mt_bench, not helm\n"
+    assert result.exit_code == 2
+    assert result.stderr == "error: --export knows alpaca_eval, arena_hard, mt_bench, not helm\n"
 
 
 def test_models_sharing_a_folder_name_must_be_labelled(models, tmp_path):
@@ -134,10 +135,12 @@ def test_cached_answers_follow_the_settings_and_a_new_judge_reuses_them(models, 
     prompts = prompts_with_categories(tmp_path / "p.jsonl")
     command = ["eval", "--models", str(models["char"]), "--baseline", str(models["bpe"]), "--prompts", str(prompts),
                "--output", str(tmp_path / "out")]
-    assert CliRunner().invoke(app, [*command, "--judge", "scorers:reversal_similarity", "--max-new-tokens", "2"]).exit_code == 0
-    assert CliRunner().invoke(app, [*command, "--judge", "scorers:reversal_similarity", "--max-new-tokens", "9"]).exit_code == 0
+    judge = ["--judge", "scorers:reversal_similarity"]
+    assert CliRunner().invoke(app, [*command, *judge, "--max-new-tokens", "2"]).exit_code == 0
+    assert CliRunner().invoke(app, [*command, *judge, "--max-new-tokens", "9"]).exit_code == 0
     assert len(list((tmp_path / "out" / "answers").glob("char-*.jsonl"))) == 2  # other settings, other answers
-    assert CliRunner().invoke(app, [*command, "--judge", "scorers:nan_on_grape", "--max-new-tokens", "9"]).exit_code == 0
+    assert CliRunner().invoke(app, [*command, "--judge", "scorers:nan_on_grape",
+                                    "--max-new-tokens", "9"]).exit_code == 0
     assert len(list((tmp_path / "out" / "answers").glob("char-*.jsonl"))) == 2  # a new judge re-scores, no new answers
     assert len(list((tmp_path / "out" / "scores").glob("char-*.jsonl"))) == 3
 

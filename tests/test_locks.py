@@ -48,8 +48,8 @@ def test_a_second_run_on_a_locked_output_stops_with_one_line_and_the_first_finis
     wait_for(lambda: partial.exists() and partial.read_text().count("\n") >= 2)
     second = subprocess.run(command, env=ENV, capture_output=True, text=True)
     assert second.returncode == 2
-    assert second.stderr.count("\n") == 1 and second.stderr.startswith(f"error: {tmp_path / 's.jsonl'}: being written by "
-                                                                        f"pid {first.pid} on this host")
+    assert second.stderr.count("\n") == 1
+    assert second.stderr.startswith(f"error: {tmp_path / 's.jsonl'}: being written by pid {first.pid} on this host")
     assert "wrote" not in second.stdout
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
@@ -88,8 +88,8 @@ def test_kill_9_then_a_rerun_resumes_and_holds_every_row_once(tiny_model, tmp_pa
 
 def test_an_output_holding_a_row_twice_is_not_finished_and_nothing_is_reported_written(tiny_model, tmp_path):
     output, command = tmp_path / "s.jsonl", ["sample", "--model", str(tiny_model), "--prompts",
-                                             str(prompts(tmp_path / "p.jsonl", 4)), "--output", str(tmp_path / "s.jsonl"),
-                                             "-n", "1", "--max-new-tokens", "4"]
+                                             str(prompts(tmp_path / "p.jsonl", 4)),
+                                             "--output", str(tmp_path / "s.jsonl"), "-n", "1", "--max-new-tokens", "4"]
     assert CliRunner().invoke(app, command).exit_code == 0
     lines = output.read_text().splitlines()
     (tmp_path / "s.jsonl.partial").write_text("\n".join([*lines, lines[0]]) + "\n")  # as two writers would leave it

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 
 from conftest import WORDS, write_jsonl
-from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.generation.sample import sample
+from wrpo.generation.settings import BackendSettings, SamplingSettings
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
 pytest.importorskip("openai")
@@ -49,7 +49,8 @@ def stop(server):
 
 
 def prompts(path, count):
-    return write_jsonl(path, [{"prompt_id": f"q{i}", "prompt": f"reverse {WORDS[i % len(WORDS)]}{i}"} for i in range(count)])
+    return write_jsonl(path, [{"prompt_id": f"q{i}", "prompt": f"reverse {WORDS[i % len(WORDS)]}{i}"}
+                              for i in range(count)])
 
 
 def test_n_samples_per_prompt_from_a_server_that_ignores_n(tiny_model, tmp_path):

@@ -95,7 +95,8 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
     assert all(source.backend == "vllm" for source in recipe.sources)
     wrpo, sft = recipe.wrpo, recipe.sft
     assert (wrpo["beta"], wrpo["alpha"], wrpo["alpha_schedule"], wrpo["learning_rate"]) == (0.01, 0.1, "linear", 3e-7)
-    assert (wrpo["max_length"], wrpo["max_prompt_length"], sft["learning_rate"], sft["max_length"]) == (2048, 1800, 7e-6, 2048)
+    assert ((wrpo["max_length"], wrpo["max_prompt_length"], sft["learning_rate"], sft["max_length"])
+            == (2048, 1800, 7e-6, 2048))
     assert wrpo["per_device_train_batch_size"] * wrpo["gradient_accumulation_steps"] * 8 == 128
     assert sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * 8 == 128
     for section, config_class in ((wrpo, WRPOConfig), (sft, WRPOSFTConfig)):
@@ -109,7 +110,8 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
 def test_a_bad_recipe_names_the_file_line_and_setting(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("workdir: w\nprompts: p.jsonl\nsources:\n  - {name: a, model: m}\n  - name: b\n    model: m\n"
-                      "    backend: tgi\ntarget: {name: t, model: m}\nreward: {function: 'scorers:reversal_similarity'}\n")
+                      "    backend: tgi\ntarget: {name: t, model: m}\n"
+                      "reward: {function: 'scorers:reversal_similarity'}\n")
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2
     assert result.stderr == f"error: {recipe}:7: sources.1.backend: Input should be 'hf', 'vllm' or 'openai'\n"

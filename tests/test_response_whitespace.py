@@ -31,13 +31,16 @@ def save_bigram_model(folder, next_token: dict[str, str]):
         model.model.embed_tokens.weight.copy_(torch.eye(len(tokenizer), hidden))
         model.lm_head.weight.zero_()
         for current, following in next_token.items():
-            model.lm_head.weight[tokenizer.convert_tokens_to_ids(following), tokenizer.convert_tokens_to_ids(current)] = 50
+            row, column = tokenizer.convert_tokens_to_ids(following), tokenizer.convert_tokens_to_ids(current)
+            model.lm_head.weight[row, column] = 50
     model.save_pretrained(folder)
     return folder
 
 
 def test_a_space_the_template_makes_the_model_put_first_is_not_written(tmp_path):
     model = save_bigram_model(tmp_path / "model", {":": " ", " ": "o", "o": "k", "k": "</s>"})
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": "a", "prompt": "hi"}, {"prompt_id": "b", "prompt": "yo"}])
-    rows = [json.loads(line) for line in sample(str(model), prompts, tmp_path / "s.jsonl", GREEDY).read_text().splitlines()]
+    prompts = write_jsonl(tmp_path / "p.jsonl",
+                          [{"prompt_id": "a", "prompt": "hi"}, {"prompt_id": "b", "prompt": "yo"}])
+    output = sample(str(model), prompts, tmp_path / "s.jsonl", GREEDY)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [row["responses"] for row in rows] == [["ok"], ["ok"]]  # the model says " ok"

@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 from conftest import TINY, WORDS, prompts_file, read, write_jsonl
 from wrpo.cli import app
 from wrpo.errors import InputError
-from wrpo.generation.settings import SamplingSettings
 from wrpo.generation.sample import sample
+from wrpo.generation.settings import SamplingSettings
 from wrpo.reward.score import score
 
 
 def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
-    output = sample(str(zoo["gpt2-bpe"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY.model_copy(update={"batch_size": 4}))
+    output = sample(str(zoo["gpt2-bpe"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl",
+                    TINY.model_copy(update={"batch_size": 4}))
     rows = read(output)
     assert sorted(r["prompt_id"] for r in rows) == sorted(f"w{i}" for i in range(len(WORDS)))
     assert all(len(r["responses"]) == 3 and r["model"] == "gpt2-bpe" for r in rows)
@@ -54,7 +55,8 @@ def test_resuming_with_other_settings_is_refused(zoo, tmp_path):
     rows = read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY))
     output.rename(tmp_path / "s.jsonl.partial")  # as if it had not finished
     with pytest.raises(InputError, match="with other settings"):
-        sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY.model_copy(update={"batch_size": 3}))
+        sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output,
+               TINY.model_copy(update={"batch_size": 3}))
     assert read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY)) == rows
 
 
@@ -70,7 +72,8 @@ def test_a_killed_sample_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run
     words = [w + str(i) for i in range(5) for w in WORDS]  # 60 prompts, one per batch: long enough to kill
     prompts = prompts_file(tmp_path / "p.jsonl", words)
     settings = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
-    whole = read(sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl", settings.model_copy(update={"batch_size": 1})))
+    whole = read(sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl",
+                        settings.model_copy(update={"batch_size": 1})))
 
     output = tmp_path / "killed.jsonl"
     partial = tmp_path / "killed.jsonl.partial"

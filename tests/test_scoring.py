@@ -26,8 +26,9 @@ def test_score_with_a_python_scorer(zoo, tmp_path):
                                  for r in row["responses"]]
 
 
-@pytest.mark.parametrize("scorer, message", [("scorers:fails_on_grape", "failed on prompt 'w1' (ValueError: cannot score grapes)"),
-                                             ("scorers:nan_on_grape", "returned nan for response 0 of prompt 'w1'")])
+@pytest.mark.parametrize("scorer, message", [
+    ("scorers:fails_on_grape", "failed on prompt 'w1' (ValueError: cannot score grapes)"),
+    ("scorers:nan_on_grape", "returned nan for response 0 of prompt 'w1'")])
 def test_a_failing_scorer_names_the_row_and_keeps_every_row_scored_before_it(zoo, tmp_path, scorer, message):
     samples = sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), tmp_path / "s.jsonl", TINY)
     order = [row["prompt_id"] for row in read(samples)]
@@ -69,7 +70,7 @@ def test_a_reward_model_folder_scores_with_its_own_chat_template(zoo, tmp_path):
 
     model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
     for row in rows:
-        for response, value in zip(row["responses"], row["scores"]):
+        for response, value in zip(row["responses"], row["scores"], strict=True):
             text = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
                                                   {"role": "assistant", "content": response}], tokenize=False)
             with torch.no_grad():

@@ -34,7 +34,7 @@ def test_sft_trains_on_response_tokens_only(zoo, tmp_path):
                          args=WRPOSFTConfig(output_dir=str(tmp_path / "out")),
                          train_dataset=load_sft_dataset(rows, tokenizer))
     example = trainer.train_dataset[0]
-    trained = [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
-    untrained = [token for token, label in zip(example["input_ids"], example["labels"]) if label == -100]
+    trained = [token for token, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
+    untrained = [token for token, label in zip(example["input_ids"], example["labels"], strict=True) if label == -100]
     assert tokenizer.decode(trained) == "elppa</s>"
     assert tokenizer.decode(untrained) == "<|user|>reverse apple</s><|assistant|>"

@@ -209,8 +209,8 @@ def test_evaluating_during_training_does_not_change_the_run(tiny_model, tmp_path
     def losses(**evaluation):
         trainer = WRPOTrainer(model=load_causal_lm(str(tiny_model)), processing_class=tokenizer,
                               train_dataset=dataset, eval_dataset=dataset,
-                              args=config(tmp_path / str(len(evaluation)), max_steps=6, train_sampling_strategy="group_by_length",
-                                          **evaluation))
+                              args=config(tmp_path / str(len(evaluation)), max_steps=6,
+                                          train_sampling_strategy="group_by_length", **evaluation))
         trainer.train()
         return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 

@@ -22,7 +22,8 @@ def read_metrics(output_dir):
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_moves_the_policy_keeps_the_reference_frozen_and_logs_the_alpha_ramp(tiny_model, native_data, tmp_path):
+def test_training_moves_the_policy_keeps_the_reference_frozen_and_logs_the_alpha_ramp(tiny_model, native_data,
+                                                                                      tmp_path):
     tokenizer = load_tokenizer(str(tiny_model))
     dataset = load_quadruple_dataset(native_data, QuadrupleEncoder(tokenizer, 48, 24))
     policy = load_causal_lm(str(tiny_model), dtype=torch.float32)
@@ -60,7 +61,8 @@ class CrashAt(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def test_a_crashed_run_resumes_to_the_same_model_metrics_and_alpha_as_an_uninterrupted_one(tiny_model, native_data, tmp_path):
+def test_a_crashed_run_resumes_to_the_same_model_metrics_and_alpha_as_an_uninterrupted_one(tiny_model, native_data,
+                                                                                           tmp_path):
     train(str(tiny_model), native_data, config(tmp_path / "straight"))
     with pytest.raises(KeyboardInterrupt):
         train(str(tiny_model), native_data, config(tmp_path / "resumed"), callbacks=[CrashAt(3)])
@@ -73,7 +75,7 @@ def test_a_crashed_run_resumes_to_the_same_model_metrics_and_alpha_as_an_uninter
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-5)
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed")
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
@@ -86,7 +88,8 @@ def test_an_explicit_reference_model_is_used(tiny_model, tiny_model_without_temp
 
 @pytest.mark.parametrize("loss", ["simpo", "ipo"])
 def test_other_forms_train(tiny_model, native_data, tmp_path, loss):
-    train(str(tiny_model), native_data, config(tmp_path / loss, loss=loss, max_steps=3, beta=2.0 if loss == "simpo" else 0.1))
+    train(str(tiny_model), native_data,
+          config(tmp_path / loss, loss=loss, max_steps=3, beta=2.0 if loss == "simpo" else 0.1))
     metrics = read_metrics(tmp_path / loss)
     assert len(metrics) == 3 and all(m["loss"] == m["loss"] for m in metrics)  # no NaN
     assert metrics[-1]["loss"] < metrics[0]["loss"]
@@ -102,7 +105,8 @@ def test_config_rejects_bad_settings(tmp_path):
 
 
 @pytest.mark.parametrize("precompute", [True, False])
-def test_lora_trains_only_adapters_against_the_base_with_adapters_disabled(tiny_model, native_data, tmp_path, precompute):
+def test_lora_trains_only_adapters_against_the_base_with_adapters_disabled(tiny_model, native_data, tmp_path,
+                                                                           precompute):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
@@ -118,7 +122,8 @@ def test_lora_trains_only_adapters_against_the_base_with_adapters_disabled(tiny_
     assert not (merged / "adapter_config.json").exists()
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     tuned = AutoModelForCausalLM.from_pretrained(merged)
-    changed = {name for (name, p), q in zip(base.named_parameters(), tuned.parameters()) if not torch.equal(p, q)}
+    changed = {name for (name, p), q in zip(base.named_parameters(), tuned.parameters(), strict=True)
+               if not torch.equal(p, q)}
     assert changed and all("proj" in name for name in changed)  # adapters merged into linear layers only
 
 
@@ -135,7 +140,7 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_into_full_precisio
 
     base, merged = AutoModelForCausalLM.from_pretrained(model), AutoModelForCausalLM.from_pretrained(out)
     assert getattr(merged.config, "quantization_config", None) is None and not (out / "adapter_config.json").exists()
-    changed = {name for (name, p), q in zip(base.named_parameters(), merged.parameters())
+    changed = {name for (name, p), q in zip(base.named_parameters(), merged.parameters(), strict=True)
                if p.dtype == q.dtype == torch.float32 and not torch.equal(p, q)}
     # Every linear layer, the first too: gradients flowed back through the frozen 4-bit layers above it.
     assert changed == {name for name, _ in base.named_parameters() if "proj" in name}

@@ -56,8 +56,9 @@ app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Prefere
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the libraries' own output "
-                                                                       "(transformers, datasets, DeepSpeed...).")) -> None:
+def main(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                      help="Also show the libraries' own output (transformers, datasets, "
+                                           "DeepSpeed...).")) -> None:
     """Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO)."""
 
 
@@ -120,7 +121,8 @@ def _training_command(kind: str):
 
         run_keys, done = ("model", "data", "output", "ref_model", "resume"), "saved the trained model to"
     else:
-        from wrpo.training.sft import WRPOSFTConfig as config_class, sft as fit
+        from wrpo.training.sft import WRPOSFTConfig as config_class
+        from wrpo.training.sft import sft as fit
 
         run_keys, done = ("model", "data", "output", "resume"), "saved the fine-tuned model to"
 
@@ -136,7 +138,8 @@ def _training_command(kind: str):
                          "left as it is; --no-resume trains again" if result.already_finished
                          else f"{done} {result.output_dir}")
 
-    command.__doc__ = WRPOGroup.lazy[kind] + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config."
+    command.__doc__ = (WRPOGroup.lazy[kind]
+                       + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config.")
     single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
     single.command(name=kind)(command)
     return typer.main.get_command(single)
@@ -146,7 +149,8 @@ def _training_command(kind: str):
 @_with_flags(model_flags(SamplingSettings) + model_flags(BackendSettings))
 def sample(
     model: str = typer.Option(..., help="Model folder (or Hub id; openai: the model's name on the server)."),
-    prompts: Path = typer.Option(..., help="Prompts: rows with 'prompt' (text or messages) and optionally 'prompt_id'."),
+    prompts: Path = typer.Option(..., help="Prompts: rows with 'prompt' (text or messages) and optionally "
+                                           "'prompt_id'."),
     output: Path = typer.Option(..., help="Output JSONL: one row per prompt with its responses."),
     shard: str = typer.Option("0/1", help="I/N: sample only every N-th prompt, starting at the I-th."),
     name: str = typer.Option(None, help="Model name written in the rows [the folder's name]."),
@@ -166,7 +170,8 @@ def sample(
 @app.command()
 def score(
     responses: list[Path] = typer.Option(..., help="Outputs of wrpo sample (repeat the flag for several)."),
-    reward_model: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer pkg.module:function."),
+    reward_model: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer "
+                                               "pkg.module:function."),
     output: Path = typer.Option(..., help="Output JSONL: the input rows with a 'scores' list."),
     batch_size: int = typer.Option(16, help="Responses per scoring batch."),
     trust_remote_code: bool = typer.Option(False, help="Run the reward model's own code (ArmoRM needs it)."),
@@ -236,15 +241,18 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/).")):
 
 @app.command("eval")
 def evaluate(
-    models: str = typer.Option(..., help="Models to judge: folders or Hub ids, comma-separated; label=path to name one."),
+    models: str = typer.Option(..., help="Models to judge: folders or Hub ids, comma-separated; "
+                                         "label=path to name one."),
     baseline: str = typer.Option(..., help="The model they are compared with: one of the labels, a folder or Hub id, "
                                            "or label=path."),
-    prompts: Path = typer.Option(..., help="Prompts (with 'category' for per-category figures), or an MT-Bench / Arena-Hard question file."),
+    prompts: Path = typer.Option(..., help="Prompts (with 'category' for per-category figures), or an MT-Bench / "
+                                           "Arena-Hard question file."),
     judge: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer pkg.module:function."),
     output: Path = typer.Option(Path("eval-output"), help="Answers, scores, report.md, report.json, plots, exports."),
     max_new_tokens: int = typer.Option(GREEDY.max_new_tokens, help="Longest answer, in tokens (answers are greedy)."),
     batch_size: int = typer.Option(16, help="Prompts per generation batch, responses per scoring batch."),
-    export: str = typer.Option("", help="Also write answers for public judges: alpaca_eval, arena_hard, mt_bench (comma-separated)."),
+    export: str = typer.Option("", help="Also write answers for public judges: alpaca_eval, arena_hard, mt_bench "
+                                        "(comma-separated)."),
     trust_remote_code: bool = typer.Option(False, help="Run the judge model's own code (ArmoRM needs it)."),
 ):
     """Reward-judged win rates (with intervals, length-controlled, per category) against a baseline."""

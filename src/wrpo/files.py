@@ -39,7 +39,8 @@ def path_fingerprint(location: str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     elif path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].startswith("checkpoint-")):
+        for file in sorted(p for p in path.rglob("*")
+                           if p.is_file() and not p.relative_to(path).parts[0].startswith("checkpoint-")):
             stat = file.stat()
             digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     else:

@@ -48,7 +48,7 @@ def read_scored(paths: Sequence[str | Path]) -> dict[str, tuple[dict, list[Candi
             if any(c.model == row["model"] for c in candidates):
                 fail(f"model {row['model']!r} is scored twice for prompt {key!r}")
             candidates = candidates + [Candidate(row["model"], text, float(score))
-                                       for text, score in zip(row["responses"], scores) if text.strip()]
+                                       for text, score in zip(row["responses"], scores, strict=True) if text.strip()]
             by_prompt[key] = (first_row, candidates)
     return by_prompt
 

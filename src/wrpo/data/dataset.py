@@ -80,7 +80,7 @@ class QuadrupleCollator:
         else:
             per_example = num_sources + 2
             prompts = [e.prompt_ids for e in examples for _ in range(per_example)]
-            input_ids, attention_mask = self._pad([p + r for p, r in zip(prompts, responses)])
+            input_ids, attention_mask = self._pad([p + r for p, r in zip(prompts, responses, strict=True)])
             response_mask = attention_mask.bool()
             for row, prompt in enumerate(prompts):
                 response_mask[row, : len(prompt)] = False

@@ -228,8 +228,8 @@ def parse_quadruple(row: dict, path: RowSource, line: int) -> Quadruple:
 
     prompt = parse_prompt(field_of(row, "prompt", fail), fail)
     prompt_id = row.get("prompt_id")
-    return Quadruple(prompt_id=stable_prompt_id(prompt) if prompt_id is None else str(prompt_id), prompt=prompt, chosen_source=chosen_source,
-                     chosen_target=chosen_target, rejected=rejected,
+    return Quadruple(prompt_id=stable_prompt_id(prompt) if prompt_id is None else str(prompt_id), prompt=prompt,
+                     chosen_source=chosen_source, chosen_target=chosen_target, rejected=rejected,
                      source_scores=_scores(meta.get("source_scores"), len(chosen_source), fail), meta=meta)
 
 

@@ -30,9 +30,9 @@ from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
-from wrpo.files import write_text_atomically
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_category_bars, reward_distributions, training_curves, win_rate_bars
+from wrpo.files import write_text_atomically
 from wrpo.generation.settings import GREEDY
 from wrpo.pipeline.run import Stage, run_recipe, run_stages
 from wrpo.progress import console
@@ -176,20 +176,23 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
         rows = write_jsonl_atomically(variants_dir / f"{label}.jsonl", data)
         stages.append(Stage(f"ablation/{label}", [str(target_sft), str(rows)], sft_settings, [variants_dir / label],
                             lambda label=label, rows=rows: sft(
-                                str(target_sft), rows, WRPOSFTConfig(output_dir=str(variants_dir / label), **sft_settings))))
+                                str(target_sft), rows,
+                                WRPOSFTConfig(output_dir=str(variants_dir / label), **sft_settings))))
     # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
     run_stages(stages, work / ".wrpo" / "stages", work / "logs")
     return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}
 
 
 def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: str | Path | None = None,
-             ablation: bool = False, size: DemoSize = DemoSize(), ablation_seeds: tuple[int, ...] = ABLATION_SEEDS) -> dict:
+             ablation: bool = False, size: DemoSize = DemoSize(),
+             ablation_seeds: tuple[int, ...] = ABLATION_SEEDS) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     zoo = build_zoo(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrpo", steps=size.zoo_steps)
     # Held out from the training prompts of every seed this demo may run, with or without --ablation,
     # so the plain run and the ablation are judged on the same prompts.
-    training = {row["prompt"] for s in {seed, *ablation_seeds} for row in prompt_rows(size.prompts, list(TASKS), s, "train")}
+    training = {row["prompt"] for s in {seed, *ablation_seeds}
+                for row in prompt_rows(size.prompts, list(TASKS), s, "train")}
     eval_prompts = write_jsonl_atomically(output_dir / "eval_prompts.jsonl",
                                           heldout_rows(size.eval_prompts, 10_000 + seed, training))
 
@@ -263,9 +266,11 @@ def render_report(report: dict) -> str:
              "", "| model | mean | tics | content | " + " | ".join(report["tasks"]) + " |",
              "|---|---|---|---|" + "---|" * len(report["tasks"])]
     for label, values in report["models"].items():
-        lines.append(f"| {label} | {values['mean_reward']:.3f} | {values['tic_share']:.2f} | {values['content_reward']:.3f} | "
+        lines.append(f"| {label} | {values['mean_reward']:.3f} | {values['tic_share']:.2f} | "
+                     f"{values['content_reward']:.3f} | "
                      + " | ".join(f"{values['per_category'].get(t, float('nan')):.3f}" for t in report["tasks"]) + " |")
-    lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |", "|---|---|---|---|---|"]
+    lines += ["", "| comparison | win rate | 95% CI | length-controlled | wins / ties / losses |",
+              "|---|---|---|---|---|"]
     for name, value in report["win_rates"].items():
         lines.append(f"| {name} | {value['win_rate']:.3f} | {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f} | "
                      f"{format_rate(value['lc_win_rate'])} | {value['wins']} / {value['ties']} / {value['losses']} |")
@@ -280,7 +285,8 @@ def render_report(report: dict) -> str:
             lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {values['tic_share']:.2f} | "
                          f"{values['content_reward']:.3f} | "
                          + " | ".join(f"{values['per_category'][t]:.3f}" for t in report["tasks"]) + " |")
-        lines += ["", "![ablation](ablation_per_task_reward.png)", "", "![ablation training](ablation_training.png)", ""]
+        lines += ["", "![ablation](ablation_per_task_reward.png)", "",
+                  "![ablation training](ablation_training.png)", ""]
     return "\n".join(lines)
 
 
@@ -290,10 +296,12 @@ def show(report: dict) -> None:
         table.add_column(column, justify="right" if column != "model" else "left")
     for label, values in report["models"].items():
         table.add_row(label, f"{values['mean_reward']:.3f}", f"{values['tic_share']:.2f}",
-                      f"{values['content_reward']:.3f}", *(f"{values['per_category'].get(t, 0):.3f}" for t in report["tasks"]))
+                      f"{values['content_reward']:.3f}",
+                      *(f"{values['per_category'].get(t, 0):.3f}" for t in report["tasks"]))
     console.print(table)
     for name, value in report["win_rates"].items():
         console.print(f"{name}: {value['win_rate']:.3f} (95% CI {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})")
     if "ablation" in report:
         for label, values in report["ablation"]["models"].items():
-            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f} (tics {values['tic_share']:.2f}, content {values['content_reward']:.3f})")
+            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f} "
+                          f"(tics {values['tic_share']:.2f}, content {values['content_reward']:.3f})")

@@ -39,7 +39,7 @@ def answer(prompt) -> str:
 def reward(prompt, response: str) -> float:
     """Positional agreement in [0, 1] of the response with the prompt's answer (the demo's Python scorer)."""
     expected, given = answer(prompt), response.strip()
-    return sum(a == b for a, b in zip(given, expected)) / max(len(given), len(expected), 1)
+    return sum(a == b for a, b in zip(given, expected, strict=False)) / max(len(given), len(expected), 1)
 
 
 def prompt_rows(count: int, tasks: list[str], seed: int, prefix: str) -> list[dict]:

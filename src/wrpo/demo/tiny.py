@@ -76,7 +76,8 @@ def save_tiny_model(folder: str | Path, tokenizer, architecture: str = "llama", 
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(tiny_config(architecture, tokenizer, hidden_size, num_layers)).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(tiny_config(architecture, tokenizer, hidden_size, num_layers))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -19,11 +19,10 @@ from wrpo.data.prompts import read_prompts
 from wrpo.data.records import read_rows
 from wrpo.errors import InputError
 from wrpo.evaluation.length_control import length_controlled_win_rate
-from wrpo.generation.settings import GREEDY, SamplingSettings
-from wrpo.generation.sample import sample
 from wrpo.files import path_fingerprint
+from wrpo.generation.sample import sample
+from wrpo.generation.settings import GREEDY, SamplingSettings
 from wrpo.reward.score import score
-
 
 
 @dataclass
@@ -117,7 +116,8 @@ def compare(model: ModelResult, baseline: ModelResult) -> Comparison:
 
 
 def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, output_dir: str | Path,
-                   settings: SamplingSettings = GREEDY, batch_size: int = 64, trust_remote_code: bool = False) -> ModelResult:
+                   settings: SamplingSettings = GREEDY, batch_size: int = 64,
+                   trust_remote_code: bool = False) -> ModelResult:
     """Answers the prompts with `model`, scores them with `judge`; files go to output_dir/{answers,scores},
     answers named by the label and a fingerprint of the model, prompts and sampling settings, scores
     by the answers' content and the judge: nothing stale is reused, and a new judge re-scores the

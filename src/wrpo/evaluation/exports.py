@@ -53,7 +53,9 @@ def export_alpaca_eval(result: ModelResult, prompts: list[PromptRow], path: str 
 
 def export_arena_hard(result: ModelResult, prompts: list[PromptRow], path: str | Path, tokenizer=None) -> Path:
     def token_len(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(text.split())
+        if tokenizer is None:
+            return len(text.split())
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     return write_jsonl_atomically(path, [
         {"question_id": _question_id(row.prompt_id), "answer_id": _answer_id(result.label, row.prompt_id),

@@ -46,7 +46,7 @@ def length_controlled_win_rate(outcomes: list[float], length_differences: list[f
         ga, gb = -ridge * a, -ridge * b
         haa = hbb = ridge
         hab = 0.0
-        for y, x in zip(outcomes, features):
+        for y, x in zip(outcomes, features, strict=True):
             p = _sigmoid(a + b * x)
             ga += y - p
             gb += (y - p) * x

@@ -40,11 +40,11 @@ def training_curves(metrics_files: dict[str, str | Path], path: str | Path,
     figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
     for label, metrics_file in metrics_files.items():
         rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-        for axis, key in zip(axes, keys):
+        for axis, key in zip(axes, keys, strict=True):
             points = [(row["step"], row[key]) for row in rows if key in row]
             if points:
-                axis.plot(*zip(*points), label=label)
-    for axis, key in zip(axes, keys):
+                axis.plot(*zip(*points, strict=True), label=label)
+    for axis, key in zip(axes, keys, strict=True):
         axis.set_title(key)
         axis.set_xlabel("optimizer step")
     if axes[0].get_legend_handles_labels()[0]:
@@ -60,12 +60,13 @@ def win_rate_bars(comparisons: list, path: str | Path, title: str) -> Path:
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(comparisons) + 2), 4))
     names = [f"{c.model}\nvs {c.baseline}" for c in comparisons]
     rates = [c.overall.rate for c in comparisons]
-    spread = [[c.overall.rate - c.overall.low for c in comparisons], [c.overall.high - c.overall.rate for c in comparisons]]
+    spread = [[c.overall.rate - c.overall.low for c in comparisons],
+              [c.overall.high - c.overall.rate for c in comparisons]]
     axes.bar(names, rates, yerr=spread, capsize=4, label="win rate (95% CI)")
-    identified = [(name, c.length_controlled) for name, c in zip(names, comparisons)
+    identified = [(name, c.length_controlled) for name, c in zip(names, comparisons, strict=True)
                   if c.length_controlled == c.length_controlled]  # NaN: the fit could not tell
     if identified:
-        axes.scatter(*zip(*identified), color="black", zorder=3, label="length-controlled")
+        axes.scatter(*zip(*identified, strict=True), color="black", zorder=3, label="length-controlled")
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     axes.set_ylim(0, 1)
     axes.set_ylabel("win rate (ties count half)")

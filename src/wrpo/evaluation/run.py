@@ -25,7 +25,8 @@ def parse_models(text: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         label, path = _labelled(item)
         if label in models:
-            raise InputError(f"two models are labelled {label!r} ({models[label]} and {path}): name them with label=path")
+            raise InputError(f"two models are labelled {label!r} ({models[label]} and {path}): "
+                             "name them with label=path")
         models[label] = path
     return models
 
@@ -89,14 +90,16 @@ def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: 
             export_arena_hard(results[label], rows, output_dir / "exports" / "arena_hard" / f"{label}.jsonl",
                               load_tokenizer(path))
         if "mt_bench" in exports:
-            export_mt_bench(results[label], rows, output_dir / "exports" / "mt_bench" / f"{label}.jsonl", path, settings)
+            export_mt_bench(results[label], rows, output_dir / "exports" / "mt_bench" / f"{label}.jsonl", path,
+                            settings)
 
     report = {"baseline": baseline_label, "prompts": str(prompts), "judge": judge,
               "models": {label: result.as_dict() for label, result in results.items()},
               "comparisons": {c.model: c.as_dict() for c in comparisons},
               "judge_failures": {label: r.failures for label, r in results.items() if r.failures}}
     if comparisons:
-        win_rate_bars(comparisons, output_dir / "win_rates.png", f"against {baseline_label}, judged by {Path(judge).name}")
+        win_rate_bars(comparisons, output_dir / "win_rates.png",
+                      f"against {baseline_label}, judged by {Path(judge).name}")
     reward_distributions(results, output_dir / "rewards.png")
     write_text_atomically(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomically(output_dir / "report.md", render(report, comparisons))
@@ -104,7 +107,8 @@ def run_eval(models: dict[str, str], baseline: str, prompts: str | Path, judge: 
 
 
 def render(report: dict, comparisons: list[Comparison]) -> str:
-    lines = [f"# Evaluation against {report['baseline']}", "", f"Prompts: `{report['prompts']}`; judge: `{report['judge']}`.",
+    lines = [f"# Evaluation against {report['baseline']}", "",
+             f"Prompts: `{report['prompts']}`; judge: `{report['judge']}`.",
              "Win rates count ties half; the interval is a 95% bootstrap over prompts; the length-controlled "
              "win rate is the fit's prediction at equal answer lengths (see wrpo/evaluation/length_control.py; n/a "
              "where too few answers are longer, or too few shorter, than the baseline's).", "",

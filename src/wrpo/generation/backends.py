@@ -22,6 +22,7 @@ from wrpo.errors import InputError
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.modeling import load_causal_lm, load_tokenizer
 
+
 def prompt_seed(seed: int, key: str) -> int:
     """A seed from the run's seed and a prompt id (vllm: per prompt) or a batch's ids (hf)."""
     return int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
@@ -38,12 +39,14 @@ class HFGenerator:
         # <eos> and <end_of_turn>); stop at any of them.
         configured = self.model.generation_config.eos_token_id
         configured = configured if isinstance(configured, list) else [] if configured is None else [configured]
-        self.stop_ids = sorted({*configured, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}) or None
+        eos = self.tokenizer.eos_token_id
+        self.stop_ids = sorted({*configured, *([eos] if eos is not None else [])}) or None
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)[0]
 
-    def generate(self, prompt_ids: list[list[int]], prompt_keys: list[str], settings: SamplingSettings) -> list[list[str]]:
+    def generate(self, prompt_ids: list[list[int]], prompt_keys: list[str],
+                 settings: SamplingSettings) -> list[list[str]]:
         width = max(len(ids) for ids in prompt_ids)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
@@ -61,7 +64,8 @@ class HFGenerator:
                 top_p=settings.top_p if sampling else None, top_k=0 if sampling else None,
                 num_return_sequences=copies, pad_token_id=self.stop_ids[0] if self.stop_ids else pad,
                 eos_token_id=self.stop_ids)
-        texts = [self.tokenizer.decode(self._until_stop(ids), skip_special_tokens=True) for ids in output[:, width:].tolist()]
+        texts = [self.tokenizer.decode(self._until_stop(ids), skip_special_tokens=True)
+                 for ids in output[:, width:].tolist()]
         return [texts[i * copies:(i + 1) * copies] * (settings.n // copies) for i in range(len(prompt_ids))]
 
 
@@ -90,7 +94,8 @@ class VLLMGenerator:
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)[0]
 
-    def generate(self, prompt_ids: list[list[int]], prompt_keys: list[str], settings: SamplingSettings) -> list[list[str]]:
+    def generate(self, prompt_ids: list[list[int]], prompt_keys: list[str],
+                 settings: SamplingSettings) -> list[list[str]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -124,14 +129,14 @@ class OpenAIGenerator:
     def generate(self, prompts: list[list[dict[str, str]]], prompt_keys: list[str],
                  settings: SamplingSettings) -> list[list[str]]:
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda pair: self._samples(*pair, settings), zip(prompts, prompt_keys)))
+            return list(pool.map(lambda pair: self._samples(*pair, settings), zip(prompts, prompt_keys, strict=True)))
 
     def _samples(self, messages: list[dict[str, str]], key: str, settings: SamplingSettings) -> list[str]:
         texts: list[str] = []
         while len(texts) < settings.n:
-            response = self._with_retries(lambda: self.client.chat.completions.create(
-                model=self.model, messages=messages, n=settings.n - len(texts), temperature=settings.temperature,
-                top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + len(texts)))
+            response = self._with_retries(lambda have=len(texts): self.client.chat.completions.create(
+                model=self.model, messages=messages, n=settings.n - have, temperature=settings.temperature,
+                top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + have))
             texts += [choice.message.content or "" for choice in response.choices]
         return texts[: settings.n]
 

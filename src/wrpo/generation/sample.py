@@ -26,7 +26,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings = SamplingSettings(), *,
-           backend: BackendSettings = BackendSettings(), shard: tuple[int, int] = (0, 1), name: str | None = None) -> Path:
+           backend: BackendSettings = BackendSettings(), shard: tuple[int, int] = (0, 1),
+           name: str | None = None) -> Path:
     """Writes one row per prompt: prompt_id, prompt, model, responses, generation settings.
 
     Prompts are generated longest first in batches of similar length; rows are flushed per batch,
@@ -79,7 +80,7 @@ def _sample(model: str, prompts: str | Path, output: str | Path, settings: Sampl
                 writer.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "model": model_name,
                                "responses": [normalise_response(text) for text in texts], "generation": generation,
                                **({"meta": row.meta} if row.meta else {})}
-                              for row, texts in zip(batch, responses) if row.prompt_id not in done)
+                              for row, texts in zip(batch, responses, strict=True) if row.prompt_id not in done)
                 progress.advance(task, len(missing))
     return writer.finish({row.prompt_id for row in rows})
 

@@ -6,8 +6,14 @@ DPO form with the stable tensor signature of DESIGN §3.
 
 from collections.abc import Callable
 
-from wrpo.losses.common import (SOURCE_WEIGHTINGS, LossOutput, LossSettings, PreferenceLogps, ResponseLogps,
-                                source_weights_from_scores)
+from wrpo.losses.common import (
+    SOURCE_WEIGHTINGS,
+    LossOutput,
+    LossSettings,
+    PreferenceLogps,
+    ResponseLogps,
+    source_weights_from_scores,
+)
 from wrpo.losses.dpo import dpo_form, wrpo_loss
 from wrpo.losses.ipo import ipo_form
 from wrpo.losses.simpo import simpo_form
@@ -21,5 +27,5 @@ LOSSES: dict[str, Callable[[PreferenceLogps, LossSettings], LossOutput]] = {
 # Forms that never look at a reference model, so none is loaded or run for them.
 REFERENCE_FREE = {"simpo"}
 
-__all__ = ["LOSSES", "REFERENCE_FREE", "SOURCE_WEIGHTINGS", "LossOutput", "LossSettings", "PreferenceLogps", "ResponseLogps",
-           "source_weights_from_scores", "wrpo_loss"]
+__all__ = ["LOSSES", "REFERENCE_FREE", "SOURCE_WEIGHTINGS", "LossOutput", "LossSettings", "PreferenceLogps",
+           "ResponseLogps", "source_weights_from_scores", "wrpo_loss"]

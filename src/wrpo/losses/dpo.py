@@ -13,8 +13,15 @@ from functools import partial
 
 from torch import Tensor
 
-from wrpo.losses.common import (LossOutput, LossSettings, PreferenceLogps, ResponseLogps, fused_output,
-                                logistic_loss, require)
+from wrpo.losses.common import (
+    LossOutput,
+    LossSettings,
+    PreferenceLogps,
+    ResponseLogps,
+    fused_output,
+    logistic_loss,
+    require,
+)
 
 
 def dpo_form(batch: PreferenceLogps, settings: LossSettings) -> LossOutput:

@@ -41,7 +41,7 @@ class RewardSpec(Strict):
         return self.model or self.function
 
     @model_validator(mode="after")
-    def one_scorer(self) -> "RewardSpec":
+    def one_scorer(self) -> RewardSpec:
         if (self.model is None) == (self.function is None):
             raise ValueError("reward needs exactly one of 'model' and 'function'")
         return self
@@ -63,7 +63,8 @@ class Recipe(Strict):
     target: ModelSpec
     reward: RewardSpec
     sampling: SamplingSettings = SamplingSettings()
-    target_sampling: SamplingSettings | None = Field(default=None, description="Sampling of target-sft; default: sampling.")
+    target_sampling: SamplingSettings | None = Field(default=None,
+                                                     description="Sampling of target-sft; default: sampling.")
     split: SplitSpec = SplitSpec()
     pairs: PairsSpec = PairsSpec()
     sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields (or `wrpo sft` flag names).")
@@ -106,7 +107,8 @@ MACHINE_SETTINGS = ("bf16", "fp16", "tf32", "deepspeed", "fsdp", "fsdp_config", 
 
 def training_config(recipe: Recipe, section: str):
     """The stage's config (WRPOSFTConfig or WRPOConfig) from a recipe that load_recipe checked."""
-    return _config_class(section)(output_dir=str(recipe.workdir / TRAINING_OUTPUTS[section]), **getattr(recipe, section))
+    return _config_class(section)(output_dir=str(recipe.workdir / TRAINING_OUTPUTS[section]),
+                                  **getattr(recipe, section))
 
 
 def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[str, Any]:

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrpo.data.construct import build_pairs, build_sft
-from wrpo.files import write_text_atomically
-from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.files import path_fingerprint, write_text_atomically
 from wrpo.generation.sample import sample
-from wrpo.files import path_fingerprint
+from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.locks import output_lock
 from wrpo.pipeline.preflight import check_recipe_inputs
 from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, load_recipe, training_config

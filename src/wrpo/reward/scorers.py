@@ -35,7 +35,7 @@ class FunctionScorer:
         self.name = spec
 
     def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
-        return [self.function(prompt, response) for prompt, response in zip(prompts, responses)]
+        return [self.function(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
 
 
 class RewardModelScorer:
@@ -60,7 +60,7 @@ class RewardModelScorer:
         self.name = Path(model_dir).name
 
     def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
-        texts = [self._render(prompt, response) for prompt, response in zip(prompts, responses)]
+        texts = [self._render(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         with torch.no_grad():
             output = self.model(**batch)

@@ -48,7 +48,8 @@ class PaperTrainingDefaults:
     # DDP) costs an extra pass over the autograd graph each step. Mixture-of-experts models, whose
     # unrouted experts get no gradient in a step, need it set to True.
     ddp_find_unused_parameters: bool | None = False
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when the GPU supports it."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision; default: on when the GPU supports it."})
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -68,9 +69,11 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
     gamma: float = field(default=0.5, metadata={"help": "Target reward margin of the simpo form."})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "Probability that a preference is flipped (dpo and simpo forms), in [0, 0.5)."})
-    max_length: int = field(default=2048, metadata={"help": "Prompt plus response tokens; responses are cut from the right."})
+    max_length: int = field(default=2048, metadata={
+        "help": "Prompt plus response tokens; responses are cut from the right."})
     max_prompt_length: int = field(default=1800, metadata={"help": "Prompt tokens; prompts are cut from the left."})
-    top_k_sources: int = field(default=1, metadata={"help": "Source responses per prompt used (rows may list several, best first)."})
+    top_k_sources: int = field(default=1, metadata={
+        "help": "Source responses per prompt used (rows may list several, best first)."})
     source_weighting: str = field(default="uniform", metadata={
         "help": "How several source rewards are averaged: uniform, or score (softmax of meta source_scores)."})
 

@@ -76,7 +76,8 @@ def with_reference_logps(dataset: QuadrupleDataset, model, collator: QuadrupleCo
     examples = dataset.examples
     cache_file, values = None, None
     if cache_dir is not None:
-        key = hashlib.sha256((model_fingerprint(model) + examples_fingerprint(examples) + precision).encode()).hexdigest()
+        fingerprint = model_fingerprint(model) + examples_fingerprint(examples) + precision
+        key = hashlib.sha256(fingerprint.encode()).hexdigest()
         cache_file = Path(cache_dir) / f"reference-logps-{key[:20]}.json"
         if cache_file.exists():
             values = json.loads(cache_file.read_text())
@@ -84,4 +85,4 @@ def with_reference_logps(dataset: QuadrupleDataset, model, collator: QuadrupleCo
         values = compute_reference_logps(model, examples, collator, batch_size, device, chunk_size, autocast)
         if cache_file is not None:  # every process of a launch may write the same entry
             write_text_atomically(cache_file, json.dumps(values))
-    return QuadrupleDataset([replace(e, reference_logps=tuple(v)) for e, v in zip(examples, values)])
+    return QuadrupleDataset([replace(e, reference_logps=tuple(v)) for e, v in zip(examples, values, strict=True)])

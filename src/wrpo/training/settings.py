@@ -48,7 +48,8 @@ def flags_of(config_class) -> list[Flag]:
     (WRPOConfig's beta, alpha, ...), then COMMON_FLAGS, each with its field's help text and default."""
     fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
     documented = [name for base in reversed(config_class.__mro__) if base.__module__.startswith("wrpo.")
-                  for name in vars(base).get("__annotations__", {}) if fields.get(name) and fields[name].metadata.get("help")]
+                  for name in vars(base).get("__annotations__", {})
+                  if fields.get(name) and fields[name].metadata.get("help")]
     common = [FLAG_FIELDS.get(flag, flag) for flag in COMMON_FLAGS]
     names = dict.fromkeys([*(name for name in documented if name not in common), *common])
     by_field = {field: flag for flag, field in FLAG_FIELDS.items()}
@@ -71,7 +72,8 @@ def _help(config_class, field: dataclasses.Field) -> str:
 def flag_table(config_class) -> str:
     """The flags as a markdown table, for the README (a test keeps it equal to this)."""
     lines = ["| flag | sets | meaning [default] |", "|---|---|---|"]
-    lines += [f"| `--{flag.name.replace('_', '-')}` | `{flag.field}` | {flag.help} |" for flag in flags_of(config_class)]
+    lines += [f"| `--{flag.name.replace('_', '-')}` | `{flag.field}` | {flag.help} |"
+              for flag in flags_of(config_class)]
     return "\n".join(lines)
 
 
@@ -136,7 +138,8 @@ def resolve_settings(config_class, flags: dict[str, Any], config_path: str | Pat
             settings.pop(normalised.get(FLAG_FIELDS.get(key, key), ""), None)
             settings[key] = (value, None)
     values, lines, run = normalise_settings(config_class, settings, config_path, run_keys)
-    for flag, present in (("--model", run.get("model")), ("--data", run.get("data")), ("--output", "output_dir" in values)):
+    for flag, present in (("--model", run.get("model")), ("--data", run.get("data")),
+                          ("--output", "output_dir" in values)):
         if not present:
             raise InputError(f"{flag} is required (on the command line or in --config)")
     config = build_config(config_class, values, lines, config_path)

@@ -110,7 +110,8 @@ class WRPOTrainer(Trainer):
         collator = data_collator or QuadrupleCollator(pad_id, args.source_weighting, args.share_prompt)
         needs_reference = args.loss not in REFERENCE_FREE
         # A LoRA policy is its own reference with the adapters disabled: no copy needed.
-        self.reference_is_disabled_adapters = needs_reference and ref_model is None and hasattr(model, "disable_adapter")
+        self.reference_is_disabled_adapters = (needs_reference and ref_model is None
+                                               and hasattr(model, "disable_adapter"))
         if needs_reference and not args.precompute_ref_logps and not self.reference_is_disabled_adapters:
             if is_deepspeed_zero3_enabled():
                 # A reference model run every step would need a DeepSpeed engine of its own.
