@@ -47,9 +47,11 @@ def test_training_prints_a_few_plain_lines_with_its_metrics_and_none_of_the_libr
 @pytest.mark.slow  # a fresh process that imports the libraries and trains
 def test_training_display_shows_wrpo_metrics(tiny_model, native_data, tmp_path):
     done = wrpo("train", "--model", tiny_model, "--data", native_data, "--output", tmp_path / "out", *FAST,
-                "--max-prompt-length", "24", tmp_path=tmp_path)
+                "--max-prompt-length", "24", "--max-steps", "7", "--logging-steps", "2", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
-    last = [line for line in done.stderr.splitlines() if line.startswith("out: step 8/8")]
+    steps = [line.split()[2] for line in done.stderr.splitlines() if line.startswith("out: step ")]
+    assert steps == ["2/7", "4/7", "6/7", "7/7"]  # the end too, though step 7 logged nothing of its own
+    last = [line for line in done.stderr.splitlines() if line.startswith("out: step 7/7")]
     assert len(last) == 1 and all(f" {name} " in last[0] for name in ("loss", "margin", "accuracy", "alpha"))
 
 

@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-# soft_wrap: a line is not cut at 80 columns where stderr is no terminal (CI logs, files).
-console = Console(stderr=True, soft_wrap=True)
+# Where stderr is no terminal (CI logs, files) rich assumes 80 columns: lines are not cut there
+# (soft_wrap) and tables get room for their columns.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 # wrpo's own records (messages, training steps) for log files; the console is written to directly.
 log = logging.getLogger("wrpo")
 log.setLevel(logging.INFO)

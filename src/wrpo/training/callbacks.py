@@ -63,6 +63,8 @@ class TrainingDisplay(TrainerCallback):
         self.title = title
         self.progress = None
         self.next_plain_step = 0
+        self.printed_step = None
+        self.metrics = ""
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -84,10 +86,10 @@ class TrainingDisplay(TrainerCallback):
         log.info(json.dumps({"step": state.global_step, **logs}))
         if "loss" not in logs:
             return
-        metrics = "  ".join(f"{label} {logs[key]:.4g}" for key, label in self.SHOWN.items() if key in logs)
-        self.progress.update(self.task, metrics=metrics)
+        self.metrics = "  ".join(f"{label} {logs[key]:.4g}" for key, label in self.SHOWN.items() if key in logs)
+        self.progress.update(self.task, metrics=self.metrics)
         if not console.is_terminal and state.global_step >= self.next_plain_step:
-            console.print(f"{self.title}: step {state.global_step}/{state.max_steps}  {metrics}", highlight=False)
+            self._plain_line(state)
             self.next_plain_step = state.global_step + self._plain_interval(state)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -95,6 +97,12 @@ class TrainingDisplay(TrainerCallback):
             return
         self.progress.stop()
         self.progress = None
+        if not console.is_terminal and self.printed_step != state.global_step:
+            self._plain_line(state)  # the run's last metrics, where the last quarter's line came earlier
+
+    def _plain_line(self, state) -> None:
+        console.print(f"{self.title}: step {state.global_step}/{state.max_steps}  {self.metrics}", highlight=False)
+        self.printed_step = state.global_step
 
     def _plain_interval(self, state) -> int:
         return max(1, state.max_steps // self.PLAIN_LINES)
