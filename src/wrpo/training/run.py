@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,9 @@ def merge_saved_adapters(base_model: str, output_dir: Path) -> None:
         base = load_causal_lm(base_model, dtype=torch.float32)
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = zero3_switch
-    PeftModel.from_pretrained(base, output_dir).merge_and_unload().save_pretrained(output_dir)
+    with _peft_reads_old_names():
+        merged = PeftModel.from_pretrained(base, output_dir).merge_and_unload()
+    merged.save_pretrained(output_dir)
     (output_dir / "adapter_config.json").unlink(missing_ok=True)
     (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
 
@@ -134,7 +137,9 @@ def with_lora(model, config):
     # random numbers before (a ZeRO-3 load does), so that one seed gives one run on any launcher.
     set_seed(config.seed)
     if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+        # Activation checkpointing (and the input gradients it needs) is the Trainer's to turn on, from
+        # config.activation_checkpointing; peft's would call the deprecated gradient_checkpointing_enable.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         for module in model.modules():
             # On CPUs bitsandbytes repacks 4-bit weights for inference at the first eval-mode pass (the
             # reference pass) and keeps them so; its repacked matmul has no gradient for the layer's input.
@@ -142,8 +147,18 @@ def with_lora(model, config):
                 module.support_avx512bf16_for_cpu = False
     targets = config.lora_target_modules
     modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
-    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,
-                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
+    with _peft_reads_old_names():
+        return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                target_modules=modules, lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+
+@contextlib.contextmanager
+def _peft_reads_old_names():
+    """Wrapping a model, peft (up to 0.21 at least) reads its is_gradient_checkpointing, which transformers
+    deprecates for is_activation_checkpointing: peft's call, whose warning no wrpo user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
