@@ -127,14 +127,17 @@ def test_lora_trains_only_adapters_against_the_base_with_adapters_disabled(tiny_
     assert changed and all("proj" in name for name in changed)  # adapters merged into linear layers only
 
 
-def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_into_full_precision_weights(native_data, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_into_full_precision_weights(native_data, tmp_path,
+                                                                                          checkpointing):
     from transformers import AutoModelForCausalLM
 
     from wrpo.demo.tiny import save_tiny_llama
 
     model = save_tiny_llama(tmp_path / "llama64", hidden_size=64)  # bitsandbytes packs 64-wide blocks
     out = tmp_path / "qlora"
-    train(str(model), native_data, config(out, lora_r=4, load_in_4bit=True, merge_lora=True))
+    train(str(model), native_data, config(out, lora_r=4, load_in_4bit=True, merge_lora=True,
+                                          activation_checkpointing=checkpointing))
     metrics = read_metrics(out)
     assert metrics[0]["rewards/margins"] == 0 and metrics[-1]["rewards/margins"] > 0  # reference = base, adapters off
 

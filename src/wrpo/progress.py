@@ -126,7 +126,13 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f} rows/s" if task.speed else "- rows/s")
 
 
+class StageProgress(Progress):
+    def stop(self) -> None:
+        if not self.disable:  # rich before 14.3 prints a blank line at the stop of a disabled bar too
+            super().stop()
+
+
 def stage_progress(description: str) -> Progress:
     # Off where stderr is no terminal (CI logs, pipes): a live bar there only leaves blank lines.
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+    return StageProgress(TextColumn(description), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                         TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)

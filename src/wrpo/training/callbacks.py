@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from wrpo.progress import console, log
+from wrpo.progress import StageProgress, console, log
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -69,7 +69,7 @@ class TrainingDisplay(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self.progress = Progress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = StageProgress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("steps"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
                                  console=console, disable=not console.is_terminal)
         self.task = self.progress.add_task(self.title, total=state.max_steps, completed=state.global_step, metrics="")

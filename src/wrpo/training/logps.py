@@ -90,14 +90,14 @@ def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_m
     prompt_positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)
     prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
                        use_cache=True, logits_to_keep=1)
-    cache = prompt_out.past_key_values
+    cache = prompt_out.cache
     cache.batch_repeat_interleave(per_prompt)
 
     prompt_lengths = prompt_mask.sum(dim=-1).repeat_interleave(per_prompt)  # [N]
     positions = prompt_lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, dim=0), response_mask.long()], dim=1)
     response_out = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, output_hidden_states=chunk_size > 0,
+                         cache=cache, use_cache=True, output_hidden_states=chunk_size > 0,
                          logits_to_keep=1 if chunk_size > 0 else 0)
 
     # The first response token is predicted by the prompt's last logit, token t+1 by response position t.

@@ -3,6 +3,9 @@ the config asks for them. `train()` and WRPOTrainer (given a model path or objec
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from transformers import set_seed
 
@@ -43,7 +46,9 @@ def with_lora(model, config):
     # random numbers before (a ZeRO-3 load does), so that one seed gives one run on any launcher.
     set_seed(config.seed)
     if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+        # Activation checkpointing (and the input gradients it needs) is the Trainer's to turn on, from
+        # config.activation_checkpointing; peft's would call the deprecated gradient_checkpointing_enable.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         for module in model.modules():
             # On CPUs bitsandbytes repacks 4-bit weights for inference at the first eval-mode pass (the
             # reference pass) and keeps them so; its repacked matmul has no gradient for the layer's input.
@@ -51,5 +56,15 @@ def with_lora(model, config):
                 module.support_avx512bf16_for_cpu = False
     targets = config.lora_target_modules
     modules = targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
-    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=modules,
-                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
+    with peft_reads_old_names():
+        return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                target_modules=modules, lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+
+@contextlib.contextmanager
+def peft_reads_old_names():
+    """Wrapping a model, peft (up to 0.21 at least) reads its is_gradient_checkpointing, which transformers
+    deprecates for is_activation_checkpointing: peft's call, whose warning no wrpo user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

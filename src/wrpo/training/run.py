@@ -25,7 +25,7 @@ from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import is_main_process, is_verbose, say
 from wrpo.training.callbacks import TrainingDisplay
 from wrpo.training.config import WRPOConfig
-from wrpo.training.policy import load_policy
+from wrpo.training.policy import load_policy, peft_reads_old_names
 from wrpo.training.trainer import WRPOTrainer
 
 
@@ -110,7 +110,9 @@ def merge_saved_adapters(base_model: str, output_dir: Path) -> None:
         base = load_causal_lm(base_model, dtype=torch.float32)
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = zero3_switch
-    PeftModel.from_pretrained(base, output_dir).merge_and_unload().save_pretrained(output_dir)
+    with peft_reads_old_names():
+        merged = PeftModel.from_pretrained(base, output_dir).merge_and_unload()
+    merged.save_pretrained(output_dir)
     (output_dir / "adapter_config.json").unlink(missing_ok=True)
     (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
 
