@@ -3,16 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of PyTorch for machines without a GPU; GPU users: make TORCH="torch" (or their CUDA build).
 TORCH ?= torch==2.13.0
+# The versions installed: the newest releases the ranges allow (test-oldest: their lower bounds).
+CONSTRAINTS ?= constraints/newest.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-oldest clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,5 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The suite on the oldest versions pyproject.toml allows, in a venv of its own.
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) .venv-oldest demo-output .pytest_cache

@@ -35,8 +35,10 @@ def test_sft_trains_on_response_tokens_only(zoo, tmp_path):
     trainer = SFTTrainer(model=load_causal_lm(str(zoo["llama-char"])), processing_class=tokenizer,
                          args=WRPOSFTConfig(output_dir=str(tmp_path / "out")),
                          train_dataset=load_sft_dataset(rows, tokenizer))
-    example = trainer.train_dataset[0]
-    trained = [token for token, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
-    untrained = [token for token, label in zip(example["input_ids"], example["labels"], strict=True) if label == -100]
+    # The collated batch, what the loss sees (TRL puts the labels in the dataset or makes them here).
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    tokens, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    trained = [token for token, label in zip(tokens, labels, strict=True) if label != -100]
+    untrained = [token for token, label in zip(tokens, labels, strict=True) if label == -100]
     assert tokenizer.decode(trained) == "elppa</s>"
     assert tokenizer.decode(untrained) == "<|user|>reverse apple</s><|assistant|>"
