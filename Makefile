@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints/newest.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-oldest clean
+.PHONY: install demo test test-oldest lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The suite on the oldest versions pyproject.toml allows, in a venv of its own.
 test-oldest:
