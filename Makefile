@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/wrpo demo --output demo-output
 
+# DeepSpeed compiles its CPU communication kernel on first use into torch's extension cache; one cache
+# per venv, or the oldest run loads the kernel the newest DeepSpeed built (or the other way round).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch-extensions $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
