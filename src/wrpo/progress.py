@@ -62,9 +62,24 @@ def configure_console(verbose: bool) -> None:
         for handler in logger.handlers:
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(shown)
+    # DeepSpeed makes its logger's console handler when it is imported, later than this: its records
+    # below the shown level are dropped at the logger instead (older releases log at INFO on import).
+    deepspeed = logging.getLogger("DeepSpeed")
+    for stale in [f for f in deepspeed.filters if isinstance(f, _AtLeast)]:
+        deepspeed.removeFilter(stale)
+    deepspeed.addFilter(_AtLeast(shown))
     # peft imports bitsandbytes whenever it is installed, which on a CPU then warns at every command
     # that an optional kernel package is missing: not even --verbose makes that useful.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 class _StderrHandler(logging.StreamHandler):
