@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints/newest.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-oldest lint clean
+.PHONY: install demo test test-distributed test-oldest lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,21 @@ demo: $(STAMP)
 
 # DeepSpeed compiles its CPU communication kernel on first use into torch's extension cache; one cache
 # per venv, or the oldest run loads the kernel the newest DeepSpeed built (or the other way round).
+# make test: every tier but `distributed` (several processes under accelerate launch, minutes on 2 cores),
+# which make test-distributed and CI run; make test-oldest runs all of them on the oldest versions.
+TIERS ?= not distributed
 test: $(STAMP)
-	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch-extensions $(BIN)/python -m pytest -q
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch-extensions $(BIN)/python -m pytest -q -m "$(TIERS)"
+
+test-distributed:
+	$(MAKE) test TIERS=distributed
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The suite on the oldest versions pyproject.toml allows, in a venv of its own.
 test-oldest:
-	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt
+	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt TIERS=
 
 clean:
 	rm -rf $(VENV) .venv-oldest demo-output .pytest_cache
