@@ -64,10 +64,8 @@ def configure_console(verbose: bool) -> None:
                 handler.setLevel(shown)
     # DeepSpeed makes its logger's console handler when it is imported, later than this: its records
     # below the shown level are dropped at the logger instead (older releases log at INFO on import).
-    deepspeed = logging.getLogger("DeepSpeed")
-    for stale in [f for f in deepspeed.filters if isinstance(f, _AtLeast)]:
-        deepspeed.removeFilter(stale)
-    deepspeed.addFilter(_AtLeast(shown))
+    _DEEPSPEED_SHOWN.level = shown
+    logging.getLogger("DeepSpeed").addFilter(_DEEPSPEED_SHOWN)  # once: a filter already there is not added again
     # peft imports bitsandbytes whenever it is installed, which on a CPU then warns at every command
     # that an optional kernel package is missing: not even --verbose makes that useful.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -80,6 +78,9 @@ class _AtLeast(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= self.level
+
+
+_DEEPSPEED_SHOWN = _AtLeast(logging.WARNING)
 
 
 class _StderrHandler(logging.StreamHandler):
