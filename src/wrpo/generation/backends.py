@@ -68,7 +68,6 @@ class HFGenerator:
                  for ids in output[:, width:].tolist()]
         return [texts[i * copies:(i + 1) * copies] * (settings.n // copies) for i in range(len(prompt_ids))]
 
-
     def _until_stop(self, ids: list[int]) -> list[int]:
         """An answer's tokens before its first stop token. generate fills the rest of a finished answer
         with the stop token, not the pad token: in a batch without padding transformers drops the
