@@ -96,7 +96,7 @@ def build_zoo(cache_dir: Path, steps: int = 600) -> dict[str, Path]:
         folder = root / model.name
         if not (folder / "config.json").exists():
             say(f"training the tiny {model.architecture} '{model.name}' ({model.tokenizer} tokenizer) "
-                          f"on {', '.join(model.tasks)}; cached in {folder}")
+                f"on {', '.join(model.tasks)}; cached in {folder}")
             build_model(model, folder, steps=steps)
         folders[model.name] = folder
     return folders
