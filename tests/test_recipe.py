@@ -1,8 +1,6 @@
 """Recipes and `wrpo run`: every stage end to end on tiny local models, skipping what is done,
 redoing what changed; the shipped paper recipe; a bad recipe named by line."""
 
-import json
-
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -68,7 +66,7 @@ def test_an_edited_python_scorer_redoes_the_scoring_stages(zoo, tmp_path, monkey
 
 def test_top_k_sources_reaches_training(zoo, tmp_path):  # a mismatch: test_settings.py
     from wrpo.pipeline.recipe import load_recipe
-    from wrpo.pipeline.run import plan
+    from wrpo.pipeline.stages import plan
 
     path = recipe_file(tmp_path, zoo)
     path.write_text(path.read_text() + "pairs: {top_k_sources: 2}\n")
@@ -83,7 +81,7 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
     from pathlib import Path
 
     from wrpo.pipeline.recipe import load_recipe
-    from wrpo.pipeline.run import plan
+    from wrpo.pipeline.stages import plan
     from wrpo.training.config import WRPOConfig
     from wrpo.training.sft import WRPOSFTConfig
 
@@ -101,9 +99,8 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
     assert sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * 8 == 128
     for section, config_class in ((wrpo, WRPOConfig), (sft, WRPOSFTConfig)):
         assert set(section) <= {f.name for f in dataclasses.fields(config_class)}
-        assert json.loads((path.parent / section["deepspeed"]).read_text())["zero_optimization"]["stage"] == 3
     # Every stage can be planned here, on a machine without the GPUs its bf16 and DeepSpeed settings need:
-    # those are checked by the machine that trains.
+    # those are checked by the machine that trains (its plan on 8 GPUs: test_scale.py).
     assert [stage.name for stage in plan(recipe)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
 
 

@@ -46,8 +46,20 @@ class WRPOGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except InputError as error:
+            if ctx.obj is IN_PROCESS:  # run_command's caller reports it
+                raise
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
+
+
+IN_PROCESS = object()
+
+
+def run_command(args: list[str]) -> int:
+    """`wrpo ARGS` in this process (a pipeline stage run without a new one); returns its exit status
+    and lets an InputError through to the caller."""
+    status = typer.main.get_command(app).main(args=args, prog_name="wrpo", standalone_mode=False, obj=IN_PROCESS)
+    return status if isinstance(status, int) else 0
 
 
 app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO).",
@@ -152,7 +164,8 @@ def sample(
     prompts: Path = typer.Option(..., help="Prompts: rows with 'prompt' (text or messages) and optionally "
                                            "'prompt_id'."),
     output: Path = typer.Option(..., help="Output JSONL: one row per prompt with its responses."),
-    shard: str = typer.Option("0/1", help="I/N: sample only every N-th prompt, starting at the I-th."),
+    shard: str = typer.Option("0/1", help="I/N: sample only every N-th batch, starting at the I-th (the rows of a "
+                                          "whole run, split; wrpo merge joins them)."),
     name: str = typer.Option(None, help="Model name written in the rows [the folder's name]."),
     **settings,
 ):
@@ -231,12 +244,40 @@ def build_pairs_command(
 
 
 @app.command()
-def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/).")):
+def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+        executor: str = typer.Option("local", help="local: processes on this machine; slurm: submit every stage as "
+                                                   "Slurm jobs chained by dependencies, and return."),
+        plan: bool = typer.Option(False, "--plan", help="Print every stage (command lines, launcher, devices, inputs, "
+                                                        "outputs, whether it would be skipped) and run nothing."),
+        finish_stage: str = typer.Option(None, hidden=True, help="Record this stage as finished (its Slurm job's "
+                                                                 "last step).")):
     """Run every pipeline stage of a recipe that is not yet done: sample, score, build, SFT, WRPO."""
-    from wrpo.pipeline.run import run_recipe
+    from wrpo.pipeline.run import EXECUTORS, StageFailed, finish_stage_of, plan_recipe, run_recipe
+    from wrpo.pipeline.show import show_plan
 
-    statuses = run_recipe(recipe)
+    if executor not in EXECUTORS:
+        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if finish_stage:
+        finish_stage_of(recipe, finish_stage)
+        return
+    if plan:
+        show_plan(plan_recipe(recipe, executor), executor)
+        return
+    try:
+        statuses = run_recipe(recipe, executor)
+    except StageFailed as failure:
+        typer.echo(f"error: {failure}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
+
+
+@app.command()
+def status(recipe: Path = typer.Argument(..., help="Recipe YAML.")):
+    """Each stage of a recipe: done, running (and where), queued, failed (with its log) or pending."""
+    from wrpo.pipeline.run import recipe_status
+    from wrpo.pipeline.show import show_status
+
+    show_status(recipe_status(recipe))
 
 
 @app.command("eval")

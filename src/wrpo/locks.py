@@ -90,3 +90,19 @@ def _describe(holder: dict) -> str:
         return "another process"
     where = "this host" if holder.get("host") == socket.gethostname() else f"host {holder.get('host')}"
     return f"pid {holder.get('pid')} on {where} since {holder.get('started')}"
+
+
+def live_holder(output: str | Path) -> dict | None:
+    """Who holds OUTPUT's lock now ({host, pid, started, command}), or None when nobody does."""
+    path = lock_path(output)
+    try:
+        handle = path.open("r")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(handle)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None

@@ -104,7 +104,9 @@ def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_o
                            wins_label="y_ws comes from")
     dropped = Counter()
     sft_rows, preference_rows = [], []
-    for prompt_id, (row, candidates) in read_scored(scored).items():
+    # In prompt id order: the same SFT set (and so the same training run) however the scores were
+    # sharded and merged.
+    for prompt_id, (row, candidates) in sorted(read_scored(scored).items()):
         summary.record(candidates)
         if not candidates:
             dropped["prompts without a non-empty source response"] += 1

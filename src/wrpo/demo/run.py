@@ -34,11 +34,12 @@ from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format
 from wrpo.evaluation.plots import per_category_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.files import write_text_atomically
 from wrpo.generation.settings import GREEDY
-from wrpo.pipeline.run import Stage, run_recipe, run_stages
+from wrpo.pipeline.layout import Workdir
+from wrpo.pipeline.local import LocalExecutor
+from wrpo.pipeline.recipe import StageResources
+from wrpo.pipeline.run import run_recipe, run_stages
+from wrpo.pipeline.stages import training_stage
 from wrpo.progress import console
-from wrpo.training.config import WRPOConfig
-from wrpo.training.run import train
-from wrpo.training.sft import WRPOSFTConfig, sft
 
 JUDGE = "wrpo.demo.tasks:reward"
 REWARD_AXIS = "mean reward (1 = exact answer)"  # the task reward's scale, which a generic judge lacks
@@ -113,7 +114,7 @@ def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, s
     }
 
 
-def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSize) -> Path:
+def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSize) -> Workdir:
     """The recipe of one seed, run (or resumed) in output_dir/run-seed{seed}; returns its workdir."""
     run_dir = (output_dir / f"run-seed{seed}").resolve()  # the recipe reads relative paths from its own folder
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSi
     recipe = run_dir / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(demo_recipe(zoo, seed, prompts, run_dir / "work", size), sort_keys=False))
     run_recipe(recipe)
-    return run_dir / "work"
+    return Workdir(run_dir / "work")
 
 
 def evaluate(models: dict[str, Path], eval_prompts: Path, output_dir: Path) -> dict[str, ModelResult]:
@@ -129,11 +130,10 @@ def evaluate(models: dict[str, Path], eval_prompts: Path, output_dir: Path) -> d
             for label, folder in models.items()}
 
 
-def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
+def ablation_variants(work: Workdir, seed: int, size: DemoSize) -> dict[str, Path]:
     """Trains the paper's comparisons from this seed's target-sft; returns label -> model folder."""
-    target_sft, quadruples = work / "models" / "target-sft", work / "data" / "quadruples.jsonl"
-    preference = work / "data" / "preference_prompts.jsonl"
-    variants_dir = work / "ablation"
+    target_sft, quadruples, preference = work.target_sft, work.quadruples, work.preference_prompts
+    variants_dir = work.root / "ablation"
     steps = math.ceil(math.ceil(sum(1 for _ in quadruples.open()) / WRPO_SETTINGS["per_device_train_batch_size"])
                       * size.wrpo_epochs)
     settings = {**WRPO_SETTINGS, "num_train_epochs": size.wrpo_epochs, "seed": seed}
@@ -149,14 +149,13 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
             {**row, "source_responses": [s for s in row["source_responses"] if s["model"] in kept]}
             for _, row in read_preference_prompts(preference)])
         subset = variants_dir / f"quadruples-{count}-sources.jsonl"
-        build_pairs(subset_prompts, [work / "scores" / "target-sft.jsonl"], subset)
+        build_pairs(subset_prompts, [work.target_scores], subset)
         runs[f"wrpo-y_ws-from-{count}-source{'s' if count > 1 else ''}"] = ({}, subset)
-    stages = [Stage(f"ablation/{label}", [str(target_sft), str(data)], {**settings, **overrides},
-                    [variants_dir / label],
-                    lambda label=label, overrides=overrides, data=data: train(
-                        str(target_sft), data, WRPOConfig(output_dir=str(variants_dir / label),
-                                                          **{**settings, **overrides})))
-              for label, (overrides, data) in runs.items()]
+    def variant(label: str, kind: str, data: Path, settings: dict):
+        return training_stage(f"ablation/{label}", kind, str(target_sft), data, variants_dir / label, settings, 0,
+                              "cpu", StageResources(), work)
+
+    stages = [variant(label, "wrpo", data, {**settings, **overrides}) for label, (overrides, data) in runs.items()]
 
     # The sceptic's baselines: plain SFT continued, with the SFT stage's settings, for as many steps of
     # the same batch size as WRPO takes; on the preference prompts' y_ws, and (rejection-sampling SFT)
@@ -173,13 +172,9 @@ def ablation_variants(work: Path, seed: int, size: DemoSize) -> dict[str, Path]:
                            for _, row in read_rows(quadruples)],
     }
     for label, data in sft_data.items():
-        rows = write_jsonl_atomically(variants_dir / f"{label}.jsonl", data)
-        stages.append(Stage(f"ablation/{label}", [str(target_sft), str(rows)], sft_settings, [variants_dir / label],
-                            lambda label=label, rows=rows: sft(
-                                str(target_sft), rows,
-                                WRPOSFTConfig(output_dir=str(variants_dir / label), **sft_settings))))
+        stages.append(variant(label, "sft", write_jsonl_atomically(variants_dir / f"{label}.jsonl", data), sft_settings))
     # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
-    run_stages(stages, work / ".wrpo" / "stages", work / "logs")
+    run_stages(stages, work, LocalExecutor())
     return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}
 
 
@@ -198,7 +193,7 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
 
     work = run_pipeline(output_dir, zoo, seed, size)
     models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
-              "target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo"}
+              "target-sft": work.target_sft, "target-sft-wrpo": work.target_wrpo}
     results = evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}")
     prompts = prompt_texts(eval_prompts)
     comparisons = [compare(results["target-sft-wrpo"], results[baseline]) for baseline in ("target", "target-sft")]
@@ -211,7 +206,7 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     reward_distributions(results, output_dir / "rewards.png")
     per_category_bars({label: {**r.per_category, "mean": r.mean_reward} for label, r in results.items()},
                       output_dir / "per_task_reward.png", f"held-out reward per task (seed {seed})", ylabel=REWARD_AXIS)
-    training_curves({"target-sft-wrpo": work / "models" / "target-sft-wrpo" / "metrics.jsonl"},
+    training_curves({"target-sft-wrpo": work.target_wrpo / "metrics.jsonl"},
                     output_dir / "training.png")
 
     if ablation:
@@ -227,7 +222,7 @@ def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, siz
     curves = {}
     for seed in seeds:
         work = run_pipeline(output_dir, zoo, seed, size)
-        models = {"target-sft": work / "models" / "target-sft", "target-sft-wrpo": work / "models" / "target-sft-wrpo",
+        models = {"target-sft": work.target_sft, "target-sft-wrpo": work.target_wrpo,
                   **ablation_variants(work, seed, size)}
         for label, result in evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}").items():
             per_seed.setdefault(label, []).append(result)

@@ -32,7 +32,8 @@ def sample(model: str, prompts: str | Path, output: str | Path, settings: Sampli
 
     Prompts are generated longest first in batches of similar length; rows are flushed per batch,
     and a rerun after a crash (with the same settings) continues where the last complete row left
-    off. With the hf backend samples depend on the batches, hence on settings.batch_size and shard.
+    off. With the hf backend samples depend on the batches, hence on settings.batch_size; not on `shard`,
+    which takes every N-th batch of the whole run.
     Holds OUTPUT's lock while it writes: a second run on the same output stops with an InputError."""
     with output_lock(output):
         return _sample(model, prompts, output, settings, backend, shard, name)
@@ -45,30 +46,31 @@ def _sample(model: str, prompts: str | Path, output: str | Path, settings: Sampl
         say(f"{output} is complete: nothing to sample")
         return writer.output
     rows = read_prompts(prompts)
-    index, count = shard
-    rows = [row for position, row in enumerate(rows) if position % count == index]
     done = writer.done()
-    todo = [row for row in rows if row.prompt_id not in done]
     model_name = name or Path(model).name
-    generation = {**settings.model_dump(), "backend": backend.backend, "shard": f"{index}/{count}"}
+    generation = {**settings.model_dump(), "backend": backend.backend}
     for row in done.values():
         if row.get("generation") != generation or row.get("model") != model_name:
             # Samples depend on these settings (hf: on the batches too): mixing runs would be silent.
             raise InputError(f"was written by {row.get('model')} with other settings ({row.get('generation')}); "
                              f"resume with the same settings or delete it", writer.partial)
+    generator = make_generator(backend, model)
+    ids = {}
+    for row in rows:
+        try:
+            ids[row.prompt_id] = generator.prompt_ids(row.prompt)
+        except InputError as error:
+            raise InputError(error.message, prompts, row.line) from None
+    # Batches are fixed by all the prompts (not by the shard or by what is left), and a shard takes
+    # every N-th batch: a resumed or sharded run builds the batches of one whole run and, seeded by
+    # their prompts, gives its samples.
+    ordered = sorted(rows, key=lambda row: (-len(ids[row.prompt_id]), row.prompt_id))
+    size = settings.batch_size
+    index, count = shard
+    batches = [ordered[start:start + size] for start in range(0, len(ordered), size)][index::count]
+    rows = [row for batch in batches for row in batch]
+    todo = [row for row in rows if row.prompt_id not in done]
     if todo:
-        generator = make_generator(backend, model)
-        ids = {}
-        for row in rows:
-            try:
-                ids[row.prompt_id] = generator.prompt_ids(row.prompt)
-            except InputError as error:
-                raise InputError(error.message, prompts, row.line) from None
-        # Batches are fixed by the whole shard (not by what is left), so a resumed run rebuilds the
-        # same batches and, seeded by their prompts, the same samples.
-        ordered = sorted(rows, key=lambda row: (-len(ids[row.prompt_id]), row.prompt_id))
-        size = settings.batch_size
-        batches = [ordered[start:start + size] for start in range(0, len(ordered), size)]
         with stage_progress(f"sampling {model_name}") as progress:
             task = progress.add_task("", total=len(rows), completed=len(rows) - len(todo))
             for batch in batches:

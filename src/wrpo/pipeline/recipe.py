@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wrpo.errors import InputError
 from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.pipeline.layout import Workdir
 from wrpo.yaml_files import line_of, load_yaml, validated
 
 
@@ -56,6 +59,48 @@ class PairsSpec(Strict):
     top_k_sources: int = Field(default=1, ge=1)
 
 
+# sbatch options as `key: value` (time: "24:00:00", partition: gpu, mem: 200G, ...), written --key=value.
+SlurmOptions = dict[str, str | int | bool]
+STAGE_KINDS = ("sample", "score", "build", "sft", "wrpo")
+
+
+class StageResources(Strict):
+    """What one stage (or every stage of a kind) gets instead of the defaults."""
+
+    nodes: int | None = Field(default=None, ge=1, description="sft, wrpo: nodes (one launcher each, under Slurm).")
+    shards: int | None = Field(default=None, ge=1, description=(
+        "sample, score: processes, each on its own devices [devices / tensor parallel size]."))
+    accelerate_config: Path | None = Field(default=None, description="sft, wrpo: accelerate config file.")
+    slurm: SlurmOptions = Field(default_factory=dict, description="sbatch options of this stage's jobs.")
+
+
+class Resources(Strict):
+    """Where the stages run. Without this section every stage is one process with no launcher."""
+
+    devices_per_node: int = Field(default=0, ge=0, description=(
+        "Devices of a node: GPUs (device_type gpu) or CPU processes (cpu); 0: one process per stage."))
+    device_type: Literal["gpu", "cpu"] = Field(default="gpu", description=(
+        "cpu: the devices are processes on CPUs (DDP over gloo; for trying a layout without GPUs)."))
+    nodes: int = Field(default=1, ge=1, description="Nodes the training stages use (the slurm executor).")
+    accelerate_config: Path | None = Field(default=None, description=(
+        "sft, wrpo: accelerate config (DDP, DeepSpeed, FSDP); relative to the recipe."))
+    slurm: SlurmOptions = Field(default_factory=dict, description=(
+        "sbatch options of every job: partition, account, time, qos, ..."))
+    stages: dict[str, StageResources] = Field(default_factory=dict, description=(
+        "Overrides per stage kind (sample, score, build, sft, wrpo) or stage name (sample/sources/NAME)."))
+
+    def of(self, kind: str, stage: str) -> StageResources:
+        """The stage's resources: its own entry over its kind's over the defaults."""
+        merged = StageResources(nodes=self.nodes, accelerate_config=self.accelerate_config, slurm=self.slurm)
+        for key in (kind, stage):
+            given = self.stages.get(key)
+            if given is not None:
+                merged = merged.model_copy(update={
+                    **given.model_dump(exclude_unset=True, exclude={"slurm"}),
+                    "slurm": {**merged.slurm, **given.slurm}})
+        return merged
+
+
 class Recipe(Strict):
     workdir: Path = Field(description="Every stage writes below here; relative to the recipe file.")
     prompts: Path = Field(description="Prompt file (JSONL, Parquet or datasets folder); relative to the recipe.")
@@ -69,6 +114,11 @@ class Recipe(Strict):
     pairs: PairsSpec = PairsSpec()
     sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields (or `wrpo sft` flag names).")
     wrpo: dict[str, Any] = Field(default_factory=dict, description="WRPOConfig fields (or `wrpo train` flag names).")
+    resources: Resources = Resources()
+
+    @property
+    def layout(self) -> Workdir:
+        return Workdir(self.workdir)
 
     @field_validator("sources")
     @classmethod
@@ -95,25 +145,56 @@ def load_recipe(path: str | Path) -> Recipe:
         "sources": [s.model_copy(update={"model": local(s.model)}) for s in recipe.sources],
         "target": recipe.target.model_copy(update={"model": local(recipe.target.model)}),
         "reward": recipe.reward.model_copy(update={"model": local(recipe.reward.model)}),
+        "resources": resolved_resources(recipe, path, node),
     })
     return recipe.model_copy(update={section: training_settings(recipe, section, path, node)
-                                     for section in TRAINING_OUTPUTS})
+                                     for section in TRAINING_SECTIONS})
 
 
-# The training stages' sections and their output folders below the workdir.
-TRAINING_OUTPUTS = {"sft": Path("models/target-sft"), "wrpo": Path("models/target-sft-wrpo")}
+def resolved_resources(recipe: Recipe, path: Path, node) -> Resources:
+    """The resources section with its accelerate configs read from the recipe's folder (and there), and
+    its per-stage keys checked against the recipe's stages; a bad one names its line."""
+    resources = recipe.resources
+    names = {*STAGE_KINDS, "build-sft", "build-pairs", "sample/target-sft", "score/target-sft",
+             *(f"{kind}/sources/{source.name}" for kind in ("sample", "score") for source in recipe.sources)}
+    for key in resources.stages:
+        if key not in names:
+            nearest = difflib.get_close_matches(key, sorted(names), n=1)
+            raise InputError(f"resources.stages: no stage or stage kind '{key}'"
+                             + (f" (did you mean '{nearest[0]}'?)" if nearest else ""), path,
+                             line_of(node, ("resources", "stages", key)))
+
+    def local_file(config: Path | None, location: tuple) -> Path | None:
+        if config is None:
+            return None
+        config = path.parent / config
+        if not config.is_file():
+            raise InputError(f"{'.'.join(location)}: no file {config}", path, line_of(node, location))
+        return config
+
+    return resources.model_copy(update={
+        "accelerate_config": local_file(resources.accelerate_config, ("resources", "accelerate_config")),
+        "stages": {key: stage.model_copy(update={"accelerate_config": local_file(
+            stage.accelerate_config, ("resources", "stages", key, "accelerate_config"))})
+            if stage.accelerate_config else stage for key, stage in resources.stages.items()}})
+
+
+TRAINING_SECTIONS = ("sft", "wrpo")
 MACHINE_SETTINGS = ("bf16", "fp16", "tf32", "deepspeed", "fsdp", "fsdp_config", "use_cpu")
 
 
-def training_config(recipe: Recipe, section: str):
-    """The stage's config (WRPOSFTConfig or WRPOConfig) from a recipe that load_recipe checked."""
-    return _config_class(section)(output_dir=str(recipe.workdir / TRAINING_OUTPUTS[section]),
-                                  **getattr(recipe, section))
+def uses_deepspeed(accelerate_config: Path | None) -> bool:
+    if accelerate_config is None:
+        return False
+    launch = yaml.safe_load(accelerate_config.read_text()) or {}
+    return launch.get("distributed_type") == "DEEPSPEED"
 
 
 def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[str, Any]:
     """The section's settings, checked now (not when its stage starts): keys as config fields, a
-    DeepSpeed file named relative to the recipe resolved; a bad key or value names its line."""
+    DeepSpeed file named relative to the recipe resolved; a bad key or value names its line. DeepSpeed
+    is set up one way only: a `deepspeed:` file here and an accelerate config of DeepSpeed type for
+    the same stage would each configure it (accelerate stops on that), so that is refused here."""
     from wrpo.training.settings import build_config, normalise_settings
 
     config_class = _config_class(section)
@@ -121,6 +202,12 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
     values, lines, _ = normalise_settings(config_class, given, path)
     if isinstance(values.get("deepspeed"), str):
         values["deepspeed"] = str(path.parent / values["deepspeed"])
+    launch_config = recipe.resources.of(section, section).accelerate_config
+    if values.get("deepspeed") and uses_deepspeed(launch_config):
+        raise InputError(f"{section}.deepspeed: this stage is launched with the accelerate config {launch_config}, "
+                         "which sets DeepSpeed up already; give DeepSpeed its settings one way: remove this key, "
+                         "or launch with an accelerate config that does not use DeepSpeed", path,
+                         lines.get("deepspeed"))
     if section == "wrpo":
         top_k = values.setdefault("top_k_sources", recipe.pairs.top_k_sources)
         if top_k != recipe.pairs.top_k_sources:
@@ -131,7 +218,7 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
     # loaded (and submitted) from machines without them, and a DeepSpeed config would switch
     # transformers' ZeRO-3 loading on in this process.
     portable = {name: value for name, value in values.items() if name not in MACHINE_SETTINGS}
-    build_config(config_class, {**portable, "output_dir": str(recipe.workdir / TRAINING_OUTPUTS[section])}, lines,
+    build_config(config_class, {**portable, "output_dir": str(recipe.layout.trained(section))}, lines,
                  path, section_line=line_of(node, (section,)))
     return values
 

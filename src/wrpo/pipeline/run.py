@@ -1,49 +1,44 @@
-"""`wrpo run RECIPE`: every stage of the paper's pipeline, in order, each skipped when its outputs
-are complete and its inputs and settings unchanged.
-
-    sample/<source>  score/<source>    for every source model
-    build-sft        y_ws per prompt; SFT set and preference prompts
-    sft              target -> target-sft
-    sample/target-sft, score/target-sft
-    build-pairs      quadruples (y_ws, y_wt, y_l)
-    wrpo             target-sft -> target-sft-wrpo
+"""`wrpo run RECIPE`: every stage of the pipeline (wrpo.pipeline.stages), in order, each skipped when its
+outputs are complete and its inputs and settings unchanged; `wrpo run --plan` and `wrpo status`.
 
 A stage's fingerprint hashes its settings and the content of its inputs (files by content, model
-folders by file names, sizes and times). workdir/.wrpo/stages/NAME.json records the fingerprint a
-stage started and finished with: a finished stage with the same fingerprint is skipped; an
-unfinished one resumes (its own outputs are resumable); one whose fingerprint changed is redone
-from scratch, its stale outputs removed first.
+folders by file names, sizes and times). The stage's manifest (Workdir.manifest) records the
+fingerprint it started and finished with: a finished stage with the same fingerprint is skipped; an
+unfinished one resumes (its own outputs are resumable); one whose fingerprint changed is redone from
+scratch, its stale outputs removed first. Where the stages run (resources) does not enter the
+fingerprint: sharded sampling and scoring give the rows of one process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Callable
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrpo.data.construct import build_pairs, build_sft
+from wrpo.errors import InputError
 from wrpo.files import path_fingerprint, write_text_atomically
-from wrpo.generation.sample import sample
-from wrpo.generation.settings import BackendSettings, SamplingSettings
-from wrpo.locks import output_lock
+from wrpo.locks import live_holder, output_lock
+from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.preflight import check_recipe_inputs
-from wrpo.pipeline.recipe import TRAINING_OUTPUTS, ModelSpec, Recipe, load_recipe, training_config
-from wrpo.progress import say, stage_log
-from wrpo.reward.score import score
-from wrpo.training.run import train
-from wrpo.training.sft import sft
+from wrpo.pipeline.recipe import load_recipe
+from wrpo.pipeline.stages import Stage, plan
+
+EXECUTORS = ("local", "slurm")
 
 
-@dataclass
-class Stage:
-    name: str
-    inputs: list[str]        # files, folders or Hub ids whose content decides the result
-    settings: dict           # JSON-able
-    outputs: list[Path]
-    run: Callable[[], object]
+class StageFailed(Exception):
+    """A stage's process ended with an error: its name, exit status and the end of its log."""
+
+    def __init__(self, stage: str, exit_status: int, log: Path, tail: list[str]):
+        self.stage, self.exit_status, self.log = stage, exit_status, log
+        lines = "".join(f"\n  {line}" for line in tail)
+        super().__init__(f"stage {stage} failed with exit status {exit_status}; the end of {log}:{lines}\n"
+                         "fix the cause and run again: finished stages are skipped, this one resumes")
 
 
 def stage_fingerprint(stage: Stage) -> str:
@@ -51,110 +46,169 @@ def stage_fingerprint(stage: Stage) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def plan(recipe: Recipe) -> list[Stage]:
-    work = recipe.workdir
-    reward = recipe.reward
-
-    def sampling_stage(spec: ModelSpec, model: str, prompts: Path, output: Path, settings: SamplingSettings) -> Stage:
-        backend = BackendSettings(**spec.model_dump(include=set(BackendSettings.model_fields)))
-        return Stage(f"sample/{output.relative_to(work / 'samples').with_suffix('')}", [model, str(prompts)],
-                     {"sampling": settings.model_dump(), "backend": spec.backend, "name": output.stem,
-                      **({"options": backend.options} if backend.options else {})},
-                     [output], lambda: sample(model, prompts, output, settings, backend=backend, name=output.stem))
-
-    def scoring_stage(samples: Path, output: Path) -> Stage:
-        return Stage(f"score/{output.relative_to(work / 'scores').with_suffix('')}", [str(samples), reward.scorer],
-                     reward.model_dump(), [output],
-                     lambda: score([samples], reward.scorer, output, batch_size=reward.batch_size,
-                                   trust_remote_code=reward.trust_remote_code))
-
-    stages: list[Stage] = []
-    source_scores = []
-    for source in recipe.sources:
-        samples = work / "samples" / "sources" / f"{source.name}.jsonl"
-        scores = work / "scores" / "sources" / f"{source.name}.jsonl"
-        stages += [sampling_stage(source, source.model, recipe.prompts, samples, recipe.sampling),
-                   scoring_stage(samples, scores)]
-        source_scores.append(scores)
-
-    sft_data, preference_prompts = work / "data" / "sft.jsonl", work / "data" / "preference_prompts.jsonl"
-    stages.append(Stage("build-sft", [str(p) for p in source_scores], recipe.split.model_dump(),
-                        [sft_data, preference_prompts],
-                        lambda: build_sft(source_scores, sft_data, preference_prompts,
-                                          sft_fraction=recipe.split.sft_fraction, seed=recipe.split.seed)))
-
-    target_sft = work / TRAINING_OUTPUTS["sft"]
-    stages.append(Stage("sft", [recipe.target.model, str(sft_data)], recipe.sft, [target_sft],
-                        lambda: sft(recipe.target.model, sft_data, training_config(recipe, "sft"))))
-
-    target_samples = work / "samples" / "target-sft.jsonl"
-    target_scores = work / "scores" / "target-sft.jsonl"
-    stages += [sampling_stage(recipe.target, str(target_sft), preference_prompts, target_samples,
-                              recipe.target_sampling or recipe.sampling),
-               scoring_stage(target_samples, target_scores)]
-
-    quadruples = work / "data" / "quadruples.jsonl"
-    stages.append(Stage("build-pairs", [str(preference_prompts), str(target_scores)], recipe.pairs.model_dump(),
-                        [quadruples], lambda: build_pairs(preference_prompts, [target_scores], quadruples,
-                                                          top_k_sources=recipe.pairs.top_k_sources)))
-
-    target_wrpo = work / TRAINING_OUTPUTS["wrpo"]
-    stages.append(Stage("wrpo", [str(target_sft), str(quadruples)], recipe.wrpo, [target_wrpo],
-                        lambda: train(str(target_sft), quadruples, training_config(recipe, "wrpo"))))
-    return stages
+def read_manifest(layout: Workdir, stage: Stage) -> dict | None:
+    path = layout.manifest(stage.name)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-def _remove(path: Path) -> None:
-    for stale in (path, path.with_name(path.name + ".partial")):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        elif stale.exists():
-            stale.unlink()
+def write_manifest(layout: Workdir, stage: Stage, **fields) -> None:
+    write_text_atomically(layout.manifest(stage.name), json.dumps(fields) + "\n")
 
 
-def run_recipe(recipe_path: str | Path) -> dict[str, str]:
-    """Runs the stages that are not done; returns each stage's status: ran, resumed, redone or skipped."""
-    recipe_path = Path(recipe_path)
+def decide(stages: list[Stage], layout: Workdir) -> dict[str, str]:
+    """What a run would do with each stage now: skip, run, resume or redo. A stage whose inputs an
+    earlier stage will (re)write is redone, or run if it never started."""
+    changing: set[str] = set()
+    decisions = {}
+    for stage in stages:
+        manifest = read_manifest(layout, stage)
+        if any(str(Path(i)) in changing for i in stage.inputs):
+            decision = "redo" if manifest else "run"
+        elif manifest is None:
+            decision = "run"
+        elif manifest.get("fingerprint") not in (None, stage_fingerprint(stage)):
+            decision = "redo"
+        elif manifest.get("complete") and all(output.exists() for output in stage.outputs):
+            decision = "skip"
+        else:
+            decision = "resume"
+        decisions[stage.name] = decision
+        if decision != "skip":
+            changing |= {str(output) for output in stage.outputs}
+    return decisions
+
+
+def remove_outputs(stage: Stage) -> None:
+    """A stage's outputs, their unfinished .partial files and its shards' outputs."""
+    for output in stage.outputs:
+        for stale in (output, output.with_name(output.name + ".partial"),
+                      *output.parent.glob(f".shards/{output.stem}.*-of-*")):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+
+
+def run_recipe(recipe_path: str | Path, executor: str = "local") -> dict[str, str]:
+    """Runs (local) or submits (slurm) the stages that are not done; returns each stage's status:
+    ran, resumed, redone, skipped (slurm: submitted as job ...)."""
     recipe = load_recipe(recipe_path)
     with output_lock(recipe.workdir):  # one `wrpo run` per workdir at a time
         check_recipe_inputs(recipe)
-        return run_stages(plan(recipe), recipe.workdir / ".wrpo" / "stages", recipe.workdir / "logs")
+        stages = plan(recipe)
+        if executor == "slurm":
+            from wrpo.pipeline.slurm import submit
+
+            return submit(Path(recipe_path), recipe, stages, decide(stages, recipe.layout))
+        from wrpo.pipeline.local import LocalExecutor
+
+        executor = LocalExecutor(recipe.resources.device_type)
+        executor.check(stages)
+        return run_stages(stages, recipe.layout, executor)
 
 
-def run_stages(stages: list[Stage], manifests: Path, logs: Path) -> dict[str, str]:
-    """Runs each stage unless its manifest in `manifests` says it finished with today's fingerprint;
-    what a stage logs goes to logs/STAGE.log."""
+def run_stages(stages: list[Stage], layout: Workdir, executor) -> dict[str, str]:
+    """Runs each stage in this order with `executor` (local) unless it is done; what a stage prints
+    and logs goes to its log (Workdir.log)."""
+    from wrpo.progress import say
+
     statuses = {}
     for number, stage in enumerate(stages, start=1):
-        manifest_path = manifests / f"{_file_name(stage)}.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-        fingerprint = stage_fingerprint(stage)
+        decision = decide([stage], layout)[stage.name]  # its inputs are final now: the stages before it ran
         header = f"[{number}/{len(stages)}] {stage.name}"
-        if manifest and manifest["fingerprint"] == fingerprint and manifest["complete"] \
-                and all(output.exists() for output in stage.outputs):
+        if decision == "skip":
             say(f"{header}: up to date, skipped")
             statuses[stage.name] = "skipped"
             continue
-        if manifest and manifest["fingerprint"] != fingerprint:
-            status = "redone"
-            for output in stage.outputs:
-                _remove(output)
-        else:
-            status = "resumed" if manifest else "ran"
-        with stage_log(logs / f"{_file_name(stage)}.log") as log_file:
-            say(f"[bold]{header}[/]: {status.replace('ran', 'running')} (log: {log_file})")
-            _write_manifest(manifest_path, fingerprint, complete=False)
-            result = stage.run()
-            if hasattr(result, "__rich__"):  # a build step's summary table
-                say(result)
-        _write_manifest(manifest_path, fingerprint, complete=True)
-        statuses[stage.name] = status
+        if decision == "redo":
+            remove_outputs(stage)
+        fingerprint = stage_fingerprint(stage)
+        say(f"[bold]{header}[/]: {dict(run='running', resume='resuming', redo='redoing')[decision]} "
+            f"({stage.launch}; log: {layout.log(stage.name)})")
+        write_manifest(layout, stage, fingerprint=fingerprint, complete=False, host=socket.gethostname(),
+                       pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        try:
+            executor.run(stage, layout)
+        except StageFailed as failure:
+            write_manifest(layout, stage, fingerprint=fingerprint, complete=False,
+                           failed={"exit_status": failure.exit_status, "log": str(failure.log)})
+            raise
+        except BaseException as error:
+            write_manifest(layout, stage, fingerprint=fingerprint, complete=False,
+                           failed={"error": str(error) or type(error).__name__, "log": str(layout.log(stage.name))})
+            raise
+        write_manifest(layout, stage, fingerprint=fingerprint, complete=True)
+        statuses[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
     return statuses
 
 
-def _file_name(stage: Stage) -> str:
-    return stage.name.replace("/", "--")
+def finish_stage_of(recipe_path: str | Path, name: str) -> None:
+    """Records stage `name` as finished with the fingerprint of its inputs now (a Slurm job's last step)."""
+    recipe = load_recipe(recipe_path)
+    stage = next((s for s in plan(recipe) if s.name == name), None)
+    if stage is None:
+        raise InputError(f"the recipe has no stage {name!r}", recipe_path)
+    write_manifest(recipe.layout, stage, fingerprint=stage_fingerprint(stage), complete=True)
 
 
-def _write_manifest(path: Path, fingerprint: str, complete: bool) -> None:
-    write_text_atomically(path, json.dumps({"fingerprint": fingerprint, "complete": complete}) + "\n")
+@dataclass
+class PlannedStage:
+    stage: Stage
+    decision: str               # skip, run, resume, redo
+    scripts: dict[str, str]     # slurm: job script per step
+
+
+def plan_recipe(recipe_path: str | Path, executor: str = "local") -> list[PlannedStage]:
+    """What `wrpo run` would do, without running or writing anything."""
+    recipe = load_recipe(recipe_path)
+    stages = plan(recipe)
+    decisions = decide(stages, recipe.layout)
+    if executor == "slurm":
+        from wrpo.pipeline.slurm import job_scripts
+
+        return [PlannedStage(stage, decisions[stage.name], job_scripts(Path(recipe_path), recipe, stage))
+                for stage in stages]
+    return [PlannedStage(stage, decisions[stage.name], {}) for stage in stages]
+
+
+@dataclass
+class StageState:
+    name: str
+    state: str                  # done, running, queued, failed, pending
+    detail: str = ""
+
+
+def recipe_status(recipe_path: str | Path) -> list[StageState]:
+    """Each stage: done, running (where), queued (slurm), failed (with its log) or pending."""
+    recipe = load_recipe(recipe_path)
+    layout = recipe.layout
+    stages = plan(recipe)
+    decisions = decide(stages, layout)
+    from wrpo.pipeline.slurm import job_states
+
+    jobs = job_states(layout)
+    runner = live_holder(recipe.workdir)
+    states = []
+    for stage in stages:
+        manifest = read_manifest(layout, stage) or {}
+        job = jobs.get(stage.name)
+        if decisions[stage.name] == "skip":
+            states.append(StageState(stage.name, "done"))
+        elif job is not None and job.state in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING"):
+            where = f" on {job.nodes}" if job.nodes else ""
+            states.append(StageState(stage.name, "running" if job.state != "PENDING" else "queued",
+                                     f"Slurm job {job.id}{where}; log: {layout.log(stage.name)}"))
+        elif "failed" in manifest:
+            failed = manifest["failed"]
+            cause = f"exit status {failed['exit_status']}" if "exit_status" in failed else failed.get("error", "")
+            states.append(StageState(stage.name, "failed", f"{cause}; log: {failed['log']}"))
+        elif job is not None:
+            states.append(StageState(stage.name, "failed", f"Slurm job {job.id} {job.state.lower()}"
+                                     f"{f' (exit code {job.exit_code})' if job.exit_code else ''}; "
+                                     f"log: {layout.log(stage.name)}"))
+        elif manifest and not manifest.get("complete") and runner and runner.get("pid") == manifest.get("pid"):
+            states.append(StageState(stage.name, "running", f"pid {manifest['pid']} on {manifest['host']}; "
+                                                            f"log: {layout.log(stage.name)}"))
+        else:
+            states.append(StageState(stage.name, "pending"))
+    return states

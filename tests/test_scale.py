@@ -1,0 +1,178 @@
+"""`wrpo run` at scale: the stages as processes (sharded sampling and scoring, training under accelerate
+launch), `--plan`, `wrpo status`, failures and resumption, and the paper recipe's plan on 8 GPUs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from test_recipe import recipe_file
+from wrpo.cli import app
+from wrpo.errors import InputError
+from wrpo.pipeline.recipe import load_recipe
+from wrpo.pipeline.run import recipe_status
+from wrpo.pipeline.stages import plan
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def with_resources(path: Path, resources: dict, **sections) -> Path:
+    recipe = yaml.safe_load(path.read_text())
+    recipe["resources"] = resources
+    for section, values in sections.items():
+        recipe[section] = {**recipe[section], **values}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_the_paper_recipe_plans_for_one_node_of_8_gpus():
+    stages = {stage.name: stage for stage in plan(load_recipe(RECIPES / "llama3-8b-ultrafeedback.yaml"))}
+    sampling = [stage for name, stage in stages.items() if name.startswith("sample/sources/")]
+    assert len(sampling) == 10
+    for stage in sampling:
+        shards = stage.steps[0].tasks
+        width = int(shards[0].command[shards[0].command.index("--tensor-parallel-size") + 1]) \
+            if "--tensor-parallel-size" in shards[0].command else 1
+        assert len(shards) == 8 // width  # the devices the tensor parallelism leaves: data parallel shards
+        assert sorted(d for task in shards for d in task.devices) == list(range(8))  # disjoint, all used
+        assert all(len(task.devices) == width and "--backend" in task.command for task in shards)
+        if len(shards) > 1:
+            assert stage.steps[1].tasks[0].command[:2] == ("wrpo", "merge")
+    widths = {name.split("/")[-1]: len(stage.steps[0].tasks[0].devices) for name, stage in stages.items()
+              if name.startswith("sample/sources/")}
+    assert widths["mistral-large-instruct-2407"] == 8 and widths["qwen2-72b-instruct"] == 4
+    assert widths["gemma-2-27b-it"] == 2 and widths["gemma-2-9b-it"] == 1
+    scoring = stages["score/sources/gemma-2-9b-it"]
+    assert [task.devices for task in scoring.steps[0].tasks] == [(i,) for i in range(8)]
+    for name in ("sft", "wrpo"):
+        (task,) = stages[name].steps[0].tasks
+        command = " ".join(task.command)
+        assert command.startswith("accelerate launch --config_file") and "deepspeed_zero3.yaml" in command
+        assert "--num_processes 8" in command and f"-m wrpo.cli {'sft' if name == 'sft' else 'train'}" in command
+        assert stages[name].launch.endswith("= 128") and "DeepSpeed" in stages[name].launch
+
+
+def test_plan_prints_every_command_and_runs_nothing(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--plan", str(RECIPES / "llama3-8b-ultrafeedback.yaml")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("would run") == 26
+    assert "CUDA_VISIBLE_DEVICES=6,7 wrpo sample --model google/gemma-2-27b-it" in result.output
+    assert "accelerate launch --config_file" in result.output
+    assert not (RECIPES / "runs").exists()
+
+
+def test_deepspeed_given_twice_is_refused_naming_the_line(tmp_path):
+    recipe = (RECIPES / "llama3-8b-ultrafeedback.yaml").read_text().replace(
+        "  activation_checkpointing: true\n", "  activation_checkpointing: true\n  deepspeed: deepspeed/zero3.json\n")
+    path = RECIPES / "twice.yaml"
+    try:
+        path.write_text(recipe)
+        with pytest.raises(InputError) as raised:
+            load_recipe(path)
+    finally:
+        path.unlink()
+    line = recipe.splitlines().index("  deepspeed: deepspeed/zero3.json") + 1
+    assert str(raised.value).startswith(f"{path}:{line}: sft.deepspeed: this stage is launched with the accelerate "
+                                        "config")
+
+
+def test_a_resources_override_of_no_stage_names_its_line(zoo, tmp_path):
+    path = with_resources(recipe_file(tmp_path, zoo), {"stages": {"scores": {"shards": 2}}})
+    with pytest.raises(InputError) as raised:
+        load_recipe(path)
+    assert "resources.stages: no stage or stage kind 'scores' (did you mean 'score'?)" in str(raised.value)
+
+
+def test_the_slurm_plan_shows_job_scripts(zoo, tmp_path):
+    path = with_resources(recipe_file(tmp_path, zoo), {
+        "devices_per_node": 2, "nodes": 2, "slurm": {"partition": "gpu", "time": "1:00:00"},
+        "stages": {"wrpo": {"slurm": {"time": "4:00:00"}}}})
+    result = CliRunner().invoke(app, ["run", "--plan", "--executor", "slurm", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "#SBATCH --array=0-3" in result.output and "#SBATCH --gres=gpu:1" in result.output
+    wrpo_job = result.output[result.output.index("job wrpo:wrpo:"):]
+    assert "#SBATCH --nodes=2" in wrpo_job and "#SBATCH --time=4:00:00" in wrpo_job
+    assert '--machine_rank "$SLURM_NODEID"' in wrpo_job and "--num_processes 4 --num_machines 2" in wrpo_job
+    assert "--finish-stage wrpo" in wrpo_job
+    # The local executor cannot run the 2-node training stage, and says so before anything runs.
+    refused = CliRunner().invoke(app, ["run", str(path)])
+    assert refused.exit_code == 2 and "use --executor slurm" in refused.output
+    assert not (tmp_path / "work" / "samples").exists()
+
+
+@pytest.fixture
+def scorers_in_subprocesses(monkeypatch):
+    """The stage processes import the tests' scorers module too."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return dict(AutoModelForCausalLM.from_pretrained(folder).named_parameters())
+
+
+def rows_by_id(path: Path) -> dict:
+    return {row["prompt_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sharded_stages_and_two_training_processes_match_one_process(zoo, tmp_path, scorers_in_subprocesses):
+    """2 shards for sampling and scoring, 2 processes (accelerate, gloo on CPU) for SFT and WRPO: the
+    same rows, and the same weights within float tolerance, as one process with the same global batch."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = recipe_file(tmp_path / "one", zoo, gradient_accumulation_steps=2)
+    two = with_resources(recipe_file(tmp_path / "two", zoo),
+                         {"devices_per_node": 2, "device_type": "cpu",
+                          "accelerate_config": str(RECIPES / "accelerate" / "ddp_cpu.yaml")},
+                         sft={"gradient_accumulation_steps": 1}, wrpo={"gradient_accumulation_steps": 1})
+    with_resources(one, {}, sft={"gradient_accumulation_steps": 2})
+    for recipe in (one, two):
+        result = CliRunner().invoke(app, ["run", str(recipe)])
+        assert result.exit_code == 0, result.output
+    first, second = tmp_path / "one" / "work", tmp_path / "two" / "work"
+    assert (second / "samples" / "sources" / ".shards" / "llama-char.1-of-2.jsonl").exists()
+    for data in ("samples/sources/llama-char.jsonl", "scores/sources/gpt2-bpe.jsonl", "samples/target-sft.jsonl",
+                 "scores/target-sft.jsonl"):
+        assert rows_by_id(second / data) == rows_by_id(first / data), data
+    for data in ("data/sft.jsonl", "data/quadruples.jsonl"):
+        assert (second / data).read_text() == (first / data).read_text(), data
+    assert "accelerate launch" in (second / "logs" / "wrpo.log").read_text() or (second / "logs" / "wrpo.log").exists()
+    for model in ("target-sft", "target-sft-wrpo"):
+        a, b = weights(first / "models" / model), weights(second / "models" / model)
+        for name, value in a.items():
+            torch.testing.assert_close(b[name], value, atol=1e-5, rtol=1e-4, msg=f"{model}: {name}")
+    assert {state.state for state in recipe_status(two)} == {"done"}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_failed_stage_stops_the_run_with_its_log_and_the_next_run_resumes(zoo, tmp_path, monkeypatch):
+    module = tmp_path / "flaky_scorer.py"
+    module.write_text("def score(prompt, response):  # fails on sampled responses, not on the preflight's\n"
+                      "    if response != 'a response':\n        raise SystemExit(3)\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{Path(__file__).parent}")  # the stage processes import it too
+    path = recipe_file(tmp_path, zoo)
+    path.write_text(path.read_text().replace("scorers:reversal_similarity", "flaky_scorer:score"))
+    with_resources(path, {"devices_per_node": 2, "device_type": "cpu", "stages": {"sample": {"shards": 1}}})
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "stage score/sources/llama-char failed with exit status" in result.output
+    states = {state.name: state for state in recipe_status(path)}
+    assert states["sample/sources/llama-char"].state == "done"
+    assert states["score/sources/llama-char"].state == "failed"
+    assert "score--sources--llama-char" in states["score/sources/llama-char"].detail
+    assert states["wrpo"].state == "pending"
+    status = CliRunner().invoke(app, ["status", str(path)])
+    assert status.exit_code == 0 and "failed" in status.output
+
+    module.write_text("from scorers import reversal_similarity as score\n")
+    again = CliRunner().invoke(app, ["run", str(path)])
+    assert again.exit_code == 0, again.output
+    last = again.output.strip().splitlines()[-1]
+    assert "sample/sources/llama-char: skipped" in last and "score/sources/llama-char: redone" in last
