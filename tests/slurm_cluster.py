@@ -32,6 +32,9 @@ packages (22.05 on bookworm). Pitfalls met while building it:
   after it ends; MinJobAge=3600 here.
 - The scheduler's defaults delay each start by seconds; SchedulerParameters=batch_sched_delay=0,
   sched_min_interval=0 lets a chain of dependent jobs run back to back.
+- A job asking for more than the node has (--ntasks 3 on 2 CPUs, --nodes 2) is accepted by default and
+  pends for ever (Reason=PartitionConfig, PartitionNodeLimit); EnforcePartLimits=ALL makes sbatch refuse
+  it at once instead ("More processors requested than permitted", "Node count specification invalid").
 - SelectTypeParameters=CR_CPU: CPUs are the only consumable, so a job without --mem does not take the
   whole node's memory and two one-CPU jobs (an array's tasks) run side by side.
 - Slurm 22.05 has no "disabled" cgroup plugin: cgroup.conf names cgroup/v1 with every Constrain* off, and
@@ -224,6 +227,7 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 MinJobAge=3600
+EnforcePartLimits=ALL
 ReturnToService=2
 InactiveLimit=0
 KillWait=5

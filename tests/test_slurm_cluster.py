@@ -9,6 +9,9 @@
 - `sbatch --ntasks 2` with `srun CMD` inside runs CMD twice, SLURM_PROCID 0 and 1, SLURM_NODEID 0,
   SLURM_NTASKS 2, SLURM_JOB_NODELIST "localhost"; `scontrol show hostnames $SLURM_JOB_NODELIST` expands
   the list, one host a line, the first of them the rendezvous host (MASTER_ADDR) for a launcher.
+- A request larger than the cluster (more CPUs than the node has, two nodes) fails at sbatch, exit status 1,
+  "sbatch: error: Batch job submission failed: ..." on stderr (the cluster sets EnforcePartLimits=ALL).
+- Jobs inherit the submitting environment (sbatch --export=ALL by default): SLURM_CONF, PATH, PYTHONPATH.
 - Without slurmdbd there is no sacct. A job's state and exit code come from the controller, which keeps a
   finished job for MinJobAge seconds (3600 on this cluster; Slurm's default is 300):
 
@@ -167,3 +170,24 @@ def test_an_unknown_job_id(slurm_cluster):
     shown = subprocess.run(["scontrol", "show", "job", "-o", "999999"], env=slurm_cluster.client_env(),
                            capture_output=True, text=True)
     assert (shown.returncode, shown.stderr.strip()) == (1, "slurm_load_jobs error: Invalid job id specified")
+
+
+@pytest.mark.parametrize("options", [["--ntasks", "{too_many}"], ["--cpus-per-task", "{too_many}"], ["--nodes", "2"]])
+def test_a_job_larger_than_the_cluster_is_refused_at_submission(slurm_cluster, options):
+    options = [option.format(too_many=slurm_cluster.cpus + 1) for option in options]
+    refused = subprocess.run(["sbatch", "--parsable", *options, "--wrap", "true"], env=slurm_cluster.client_env(),
+                             capture_output=True, text=True)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert "sbatch: error: Batch job submission failed: " in refused.stderr
+
+
+def test_clients_and_jobs_need_only_the_cluster_env(slurm_env, tmp_path, monkeypatch):
+    """What code under test sees: plain subprocess calls with os.environ, which slurm_env set up."""
+    monkeypatch.setenv("WRPO_SLURM_PROBE", "inherited")
+    monkeypatch.chdir(tmp_path)
+    job = subprocess.run(["sbatch", "--parsable", "--wrap", "echo $WRPO_SLURM_PROBE $SLURM_CONF > env"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    [record] = wait_job(slurm_env, job)
+    assert record["JobState"] == "COMPLETED"
+    assert (tmp_path / "env").read_text().split() == ["inherited", slurm_env.env["SLURM_CONF"]]
+    assert (tmp_path / f"slurm-{job}.out").exists()  # sbatch's default output, in the submitting folder
