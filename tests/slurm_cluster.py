@@ -269,6 +269,7 @@ def start(directory: Path | str, timeout: float = 60) -> SlurmCluster:
     for sub in ("state", "spool", "log"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     munge_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    socket_path.unlink(missing_ok=True)  # a folder started before: wait for this munged's socket, not that one's
     key = munge_dir / "munge.key"
     key.write_bytes(secrets.token_bytes(1024))
     key.chmod(0o400)
@@ -288,7 +289,7 @@ def start(directory: Path | str, timeout: float = 60) -> SlurmCluster:
              f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
              f"--seed-file={munge_dir / 'munged.seed'}"], env, log / "munged.stdout")
         _wait(lambda: socket_path.exists(), cluster, timeout, "munged's socket")
-        cluster.processes["slurmctld"] = _popen([programs["slurmctld"], "-D", "-i", "-f", str(conf)], env,
+        cluster.processes["slurmctld"] = _popen([programs["slurmctld"], "-D", "-c", "-i", "-f", str(conf)], env,
                                                 log / "slurmctld.stdout")
         cluster.processes["slurmd"] = _popen([programs["slurmd"], "-D", "-N", NODE, "-f", str(conf)], env,
                                              log / "slurmd.stdout")
