@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints/newest.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-distributed test-oldest lint clean
+.PHONY: install demo test test-distributed test-slurm test-oldest lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,17 @@ demo: $(STAMP)
 # per venv, or the oldest run loads the kernel the newest DeepSpeed built (or the other way round).
 # make test: every tier but `distributed` (several processes under accelerate launch, minutes on 2 cores),
 # which make test-distributed and CI run; make test-oldest runs all of them on the oldest versions.
-TIERS ?= not distributed
+# Nor `slurm` (a Slurm cluster on loopback; root, apt-get): make test-slurm, CI and make test-oldest run it.
+TIERS ?= not distributed and not slurm
 test: $(STAMP)
 	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch-extensions $(BIN)/python -m pytest -q -m "$(TIERS)"
 
 test-distributed:
 	$(MAKE) test TIERS=distributed
+
+# Installs slurm-wlm and munge with apt-get if slurmctld is missing (root); fails, not skips, without them.
+test-slurm:
+	WRPO_SLURM_REQUIRED=1 $(MAKE) test TIERS=slurm
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from slurm_cluster import slurm_cluster, slurm_env  # noqa: E402, F401  (fixtures of the slurm tier)
 from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_llama, save_tiny_model  # noqa: E402
 from wrpo.generation.settings import SamplingSettings  # noqa: E402
 
