@@ -184,7 +184,7 @@ def recipe_status(recipe_path: str | Path) -> list[StageState]:
     layout = recipe.layout
     stages = plan(recipe)
     decisions = decide(stages, layout)
-    from wrpo.pipeline.slurm import job_states
+    from wrpo.pipeline.slurm import ACTIVE, job_states
 
     jobs = job_states(layout)
     runner = live_holder(recipe.workdir)
@@ -192,12 +192,12 @@ def recipe_status(recipe_path: str | Path) -> list[StageState]:
     for stage in stages:
         manifest = read_manifest(layout, stage) or {}
         job = jobs.get(stage.name)
-        if decisions[stage.name] == "skip":
-            states.append(StageState(stage.name, "done"))
-        elif job is not None and job.state in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING"):
+        if job is not None and job.state in ACTIVE:  # a finished stage's job may still be ending
             where = f" on {job.nodes}" if job.nodes else ""
-            states.append(StageState(stage.name, "running" if job.state != "PENDING" else "queued",
+            states.append(StageState(stage.name, "queued" if job.state == "PENDING" else "running",
                                      f"Slurm job {job.id}{where}; log: {layout.log(stage.name)}"))
+        elif decisions[stage.name] == "skip":
+            states.append(StageState(stage.name, "done"))
         elif "failed" in manifest:
             failed = manifest["failed"]
             cause = f"exit status {failed['exit_status']}" if "exit_status" in failed else failed.get("error", "")

@@ -100,6 +100,7 @@ def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: di
     if active:
         raise InputError(f"jobs of an earlier submission are still queued or running ({', '.join(j.id for j in active)}); "
                          f"wait for them (wrpo status {recipe_path}) or cancel them with scancel", recipe.workdir)
+    layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the jobs' logs, not creates folders
     submitted: dict[str, list[str]] = {}
     writers: dict[str, str] = {}  # output -> the job that writes it
     statuses = {}
