@@ -2,8 +2,6 @@
 plain lines where stderr is no terminal, the libraries' own output with --verbose, and each
 pipeline stage's records in its log file."""
 
-import json
-import logging
 import os
 import subprocess
 import sys
@@ -12,8 +10,10 @@ import pytest
 from transformers.utils import logging as transformers_logging
 
 from conftest import native_rows, write_jsonl
-from wrpo.pipeline.run import Stage, run_stages
-from wrpo.progress import log, say
+from wrpo.pipeline.layout import Workdir
+from wrpo.pipeline.local import LocalExecutor
+from wrpo.pipeline.run import run_stages
+from wrpo.pipeline.stages import Stage, Step, Task
 
 FAST = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-2", "--max-length", "48", "--logging-steps", "1",
         "--save-steps", "100"]
@@ -68,24 +68,38 @@ def test_verbose_shows_the_libraries_own_output(tiny_model, tmp_path):
     assert "out: step" not in shown
 
 
-def test_each_stage_files_what_it_says_and_logs_in_its_own_log(tmp_path):
-    def stage(name, message):
-        def run():
-            say(message)
-            log.info(json.dumps({"step": 1, "loss": 0.5}))
-            logging.getLogger("accelerate.state").warning(f"a library warning during {name}")
-            transformers_logging.get_logger("transformers.trainer").warning(f"transformers during {name}")
+def test_each_stage_files_what_it_says_and_logs_in_its_own_log(tmp_path, monkeypatch):
+    """Two stages run in this process (wrpo merge, then wrpo score with a scorer that talks): each one's
+    printed lines, wrpo messages and library warnings land in its own log."""
+    (tmp_path / "noisy_scorer.py").write_text(
+        "import json, logging\n"
+        "from transformers.utils import logging as transformers_logging\n"
+        "from wrpo.progress import log, say\n"
+        "def score(prompt, response):\n"
+        "    say('scored a')\n"
+        "    log.info(json.dumps({'step': 1, 'loss': 0.5}))\n"
+        "    logging.getLogger('accelerate.state').warning('a library warning during score/a')\n"
+        "    transformers_logging.get_logger('transformers.trainer').warning('transformers during score/a')\n"
+        "    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    samples = write_jsonl(tmp_path / "part.jsonl", [{"prompt_id": "p", "prompt": "hi", "model": "m",
+                                                     "responses": ["a", "b"]}])
+    layout = Workdir(tmp_path / "work")
 
-        return Stage(name, [], {}, [tmp_path / name], run)
+    def stage(name: str, command: tuple[str, ...], output):
+        return Stage(name, name.split("/")[0], [], {}, [output], [Step((Task(command),))], "1 process")
 
-    logs = tmp_path / "logs"
+    merged, scored = tmp_path / "samples.jsonl", tmp_path / "scores.jsonl"
     transformers_logging.set_verbosity_warning()  # conftest quiets transformers for the whole test run
     try:
-        run_stages([stage("sample/a", "sampled a"), stage("score/a", "scored a")], tmp_path / "stages", logs)
+        run_stages([stage("sample/a", ("wrpo", "merge", str(samples), "--output", str(merged)), merged),
+                    stage("score/a", ("wrpo", "score", "--responses", str(merged), "--reward-model",
+                                      "noisy_scorer:score", "--output", str(scored)), scored)],
+                   layout, LocalExecutor())
     finally:
         transformers_logging.set_verbosity_error()
-    first, second = (logs / "sample--a.log").read_text(), (logs / "score--a.log").read_text()
-    assert "sampled a" in first and "scored a" not in first
-    assert "scored a" in second and '"loss": 0.5' in second
-    assert "a library warning during score/a" in second and "during sample/a" not in second
+    first, second = layout.log("sample/a").read_text(), layout.log("score/a").read_text()
+    assert f"wrote {merged}" in first and "scored a" not in first
+    assert "scored a" in second and '"loss": 0.5' in second and f"wrote {scored}" in second
+    assert "a library warning during score/a" in second and "during score/a" not in first
     assert "transformers during score/a" in second

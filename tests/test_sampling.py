@@ -25,7 +25,7 @@ def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
     assert sorted(r["prompt_id"] for r in rows) == sorted(f"w{i}" for i in range(len(WORDS)))
     assert all(len(r["responses"]) == 3 and r["model"] == "gpt2-bpe" for r in rows)
     assert rows[0]["generation"] == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 1,
-                                     "backend": "hf", "batch_size": 4, "shard": "0/1"}
+                                     "backend": "hf", "batch_size": 4}
     assert not (tmp_path / "s.jsonl.partial").exists()
 
 
@@ -60,11 +60,16 @@ def test_resuming_with_other_settings_is_refused(zoo, tmp_path):
     assert read(sample(str(zoo["llama-char"]), prompts_file(tmp_path / "p.jsonl"), output, TINY)) == rows
 
 
-def test_shards_split_the_prompts_without_overlap(zoo, tmp_path):
+def test_shards_split_the_prompts_without_overlap_into_the_rows_of_one_run(zoo, tmp_path):
     prompts = prompts_file(tmp_path / "p.jsonl")
-    ids = [{r["prompt_id"] for r in read(sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", TINY,
-                                                shard=(i, 3)))} for i in range(3)]
+    settings = TINY.model_copy(update={"batch_size": 2})
+    shards = [read(sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", settings, shard=(i, 3)))
+              for i in range(3)]
+    ids = [{r["prompt_id"] for r in rows} for rows in shards]
     assert set().union(*ids) == {f"w{i}" for i in range(len(WORDS))} and sum(map(len, ids)) == len(WORDS)
+    # A shard takes whole batches of the one-process run, whose samples are seeded by their prompts.
+    whole = {r["prompt_id"]: r for r in read(sample(str(zoo["llama-char"]), prompts, tmp_path / "all.jsonl", settings))}
+    assert {r["prompt_id"]: r for rows in shards for r in rows} == whole
 
 
 @pytest.mark.slow

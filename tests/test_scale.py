@@ -2,6 +2,7 @@
 launch), `--plan`, `wrpo status`, failures and resumption, and the paper recipe's plan on 8 GPUs."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,18 @@ def test_a_failed_stage_stops_the_run_with_its_log_and_the_next_run_resumes(zoo,
     assert again.exit_code == 0, again.output
     last = again.output.strip().splitlines()[-1]
     assert "sample/sources/llama-char: skipped" in last and "score/sources/llama-char: redone" in last
+
+
+def test_status_names_the_process_running_a_stage(zoo, tmp_path):
+    from wrpo.locks import output_lock
+    from wrpo.pipeline.run import write_manifest
+
+    path = recipe_file(tmp_path, zoo)
+    recipe = load_recipe(path)
+    first = plan(recipe)[0]
+    assert {state.state for state in recipe_status(path)} == {"pending"}
+    with output_lock(recipe.workdir):  # as `wrpo run` holds it while it runs a stage
+        write_manifest(recipe.layout, first, fingerprint="-", complete=False, host="here", pid=os.getpid())
+        running = recipe_status(path)[0]
+    assert running.state == "running" and f"pid {os.getpid()} on here" in running.detail
+    assert recipe_status(path)[0].state == "pending"  # its runner gone, it is left to resume

@@ -172,7 +172,8 @@ def ablation_variants(work: Workdir, seed: int, size: DemoSize) -> dict[str, Pat
                            for _, row in read_rows(quadruples)],
     }
     for label, data in sft_data.items():
-        stages.append(variant(label, "sft", write_jsonl_atomically(variants_dir / f"{label}.jsonl", data), sft_settings))
+        rows = write_jsonl_atomically(variants_dir / f"{label}.jsonl", data)
+        stages.append(variant(label, "sft", rows, sft_settings))
     # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
     run_stages(stages, work, LocalExecutor())
     return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}

@@ -88,18 +88,18 @@ class LocalExecutor:
                                                   env=self.environment(task, len(tasks)), start_new_session=True))
             started = time.monotonic()
             with console.status("") as status:
-                while any(process.poll() is None for process in processes):
-                    failed = next((i for i, p in enumerate(processes) if p.poll() not in (None, 0)), None)
-                    if failed is not None:
+                while True:
+                    codes = [process.poll() for process in processes]
+                    failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+                    if failed is not None:  # the others' work is resumable: stop them rather than wait
                         self.stop(processes)
-                        raise StageFailed(stage.name, processes[failed].returncode, logs[failed], log_tail(logs[failed]))
+                        raise StageFailed(stage.name, codes[failed], logs[failed], log_tail(logs[failed]))
+                    if all(code == 0 for code in codes):
+                        return
                     elapsed = int(time.monotonic() - started)
-                    status.update(f"{stage.name}: {sum(p.poll() is None for p in processes)} of {len(processes)} "
-                                  f"processes running, {elapsed // 60}:{elapsed % 60:02d}")
+                    status.update(f"{stage.name}: {codes.count(None)} of {len(processes)} processes running, "
+                                  f"{elapsed // 60}:{elapsed % 60:02d}")
                     time.sleep(0.5)
-        failed = next((i for i, p in enumerate(processes) if p.returncode), None)
-        if failed is not None:
-            raise StageFailed(stage.name, processes[failed].returncode, logs[failed], log_tail(logs[failed]))
 
     @staticmethod
     def argv(task: Task) -> list[str]:

@@ -14,8 +14,9 @@ DECISIONS = {"skip": "up to date: would be skipped", "run": "would run", "resume
              "redo": "changed: would be redone"}
 
 
-def command_line(task, device_type: str = "gpu") -> str:
-    devices = f"CUDA_VISIBLE_DEVICES={','.join(map(str, task.devices))} " if task.devices and device_type == "gpu" else ""
+def command_line(task) -> str:
+    """The task as a shell line, with the devices it is pinned to (GPUs; CPU layouts ignore them)."""
+    devices = f"CUDA_VISIBLE_DEVICES={','.join(map(str, task.devices))} " if task.devices else ""
     return devices + shlex.join(task.command)
 
 

@@ -98,7 +98,8 @@ def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: di
     layout = recipe.layout
     active = [job for job in job_states(layout).values() if job.state in ACTIVE]
     if active:
-        raise InputError(f"jobs of an earlier submission are still queued or running ({', '.join(j.id for j in active)}); "
+        ids = ", ".join(job.id for job in active)
+        raise InputError(f"jobs of an earlier submission are still queued or running ({ids}); "
                          f"wait for them (wrpo status {recipe_path}) or cancel them with scancel", recipe.workdir)
     layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the jobs' logs, not creates folders
     submitted: dict[str, list[str]] = {}
@@ -125,7 +126,7 @@ def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: di
             after = [jobs[-1]]
         submitted[stage.name] = jobs
         writers.update({str(output): jobs[-1] for output in stage.outputs})
-        statuses[stage.name] = f"submitted as job {jobs[-1]}" if len(jobs) == 1 else f"submitted as jobs {', '.join(jobs)}"
+        statuses[stage.name] = f"submitted as job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}"
         say(f"[bold]{header}[/]: {statuses[stage.name]} ({stage.launch}; log: {layout.log(stage.name)})")
     write_text_atomically(layout.slurm / "jobs.json", json.dumps(submitted, indent=1) + "\n")
     return statuses

@@ -92,7 +92,8 @@ def plan(recipe: Recipe) -> list[Stage]:
     def scoring(samples: Path, output: Path) -> Stage:
         name = f"score/{output.relative_to(layout.root / 'scores').with_suffix('')}"
         command = ("wrpo", "score", "--responses", str(samples), "--reward-model", reward.scorer,
-                   "--batch-size", str(reward.batch_size), *(("--trust-remote-code",) if reward.trust_remote_code else ()))
+                   "--batch-size", str(reward.batch_size),
+                   *(("--trust-remote-code",) if reward.trust_remote_code else ()))
         own = resources.of("score", name)
         width = 1 if resources.devices_per_node else 0
         shards = own.shards or max(1, resources.devices_per_node * resources.nodes)
@@ -111,8 +112,8 @@ def plan(recipe: Recipe) -> list[Stage]:
         source_scores.append(scores)
 
     split = recipe.split
-    stages.append(single("build-sft", ("wrpo", "build", "sft", *(a for s in source_scores for a in ("--scores", str(s))),
-                                       "--sft-output", str(layout.sft_data),
+    scores_flags = [flag for path in source_scores for flag in ("--scores", str(path))]
+    stages.append(single("build-sft", ("wrpo", "build", "sft", *scores_flags, "--sft-output", str(layout.sft_data),
                                        "--preference-output", str(layout.preference_prompts),
                                        "--sft-fraction", str(split.sft_fraction), "--seed", str(split.seed)),
                          [str(p) for p in source_scores], split.model_dump(),
@@ -121,8 +122,9 @@ def plan(recipe: Recipe) -> list[Stage]:
     stages += [sampling(recipe.target, str(layout.target_sft), layout.preference_prompts, layout.target_samples,
                         recipe.target_sampling or recipe.sampling),
                scoring(layout.target_samples, layout.target_scores)]
-    stages.append(single("build-pairs", ("wrpo", "build", "pairs", "--preference-prompts", str(layout.preference_prompts),
-                                         "--target-scores", str(layout.target_scores), "--output", str(layout.quadruples),
+    stages.append(single("build-pairs", ("wrpo", "build", "pairs", "--preference-prompts",
+                                         str(layout.preference_prompts), "--target-scores", str(layout.target_scores),
+                                         "--output", str(layout.quadruples),
                                          "--top-k-sources", str(recipe.pairs.top_k_sources)),
                          [str(layout.preference_prompts), str(layout.target_scores)], recipe.pairs.model_dump(),
                          [layout.quadruples]))
@@ -144,7 +146,8 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
     settings_file = layout.settings(name)
     command = ("sft" if kind == "sft" else "train", "--model", model, "--data", str(data), "--output", str(output),
                "--config", str(settings_file))
-    processes = max(devices_per_node, 1) * resources.nodes
+    nodes = resources.nodes or 1
+    processes = max(devices_per_node, 1) * nodes
     config = resources.accelerate_config
     files = {settings_file: yaml.safe_dump(settings, sort_keys=False)}
     if config is None and processes > 1 and device_type == "cpu":
@@ -152,21 +155,22 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
         # flags exclude each other.
         config = layout.accelerate_config(name)
         files[config] = yaml.safe_dump({"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU",
-                                        "use_cpu": True, "mixed_precision": "no", "num_machines": resources.nodes,
+                                        "use_cpu": True, "mixed_precision": "no", "num_machines": nodes,
                                         "num_processes": processes, "machine_rank": 0, "rdzv_backend": "static",
                                         "same_network": True})
     if processes == 1 and config is None:
         steps, how = [Step((Task(("wrpo", *command)),))], "1 process"
     else:
         launcher = ["accelerate", "launch", *(["--config_file", str(config)] if config else ["--multi_gpu"]),
-                    "--num_processes", str(processes), "--num_machines", str(resources.nodes)]
-        steps = [Step((Task((*launcher, "-m", "wrpo.cli", *command), tuple(range(devices_per_node)), resources.nodes),))]
+                    "--num_processes", str(processes), "--num_machines", str(nodes)]
+        task = Task((*launcher, "-m", "wrpo.cli", *command), tuple(range(devices_per_node)), nodes)
+        steps = [Step((task,))]
         launch = yaml.safe_load(files[config] if config in files else config.read_text()) if config else {}
         kind_of = {"DEEPSPEED": "DeepSpeed", "MULTI_GPU": "DDP", None: "DDP"}
         engine = "DeepSpeed" if settings.get("deepspeed") else kind_of.get(launch.get("distributed_type"),
                                                                              launch.get("distributed_type"))
         how = (f"accelerate launch ({engine}{', ' + config.name if config else ''}): {processes} processes on "
-               f"{resources.nodes} node{'s' if resources.nodes > 1 else ''}")
+               f"{nodes} node{'s' if nodes > 1 else ''}")
     batch, accumulation = _batch_settings(kind, settings)
     how += f"; global batch {batch} × {accumulation} × {processes} = {batch * accumulation * processes}"
     return Stage(name, kind, [model, str(data)], settings, [output], steps, how, resources, files)
