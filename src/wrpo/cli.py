@@ -249,16 +249,17 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
                                                    "Slurm jobs chained by dependencies, and return."),
         plan: bool = typer.Option(False, "--plan", help="Print every stage (command lines, launcher, devices, inputs, "
                                                         "outputs, whether it would be skipped) and run nothing."),
-        finish_stage: str = typer.Option(None, hidden=True, help="Record this stage as finished (its Slurm job's "
-                                                                 "last step).")):
+        start_stage: str = typer.Option(None, hidden=True, help="Record this stage as started (its first Slurm job)."),
+        finish_stage: str = typer.Option(None, hidden=True,
+                                         help="Record this stage as finished (its last Slurm job).")):
     """Run every pipeline stage of a recipe that is not yet done: sample, score, build, SFT, WRPO."""
-    from wrpo.pipeline.run import EXECUTORS, StageFailed, finish_stage_of, plan_recipe, run_recipe
+    from wrpo.pipeline.run import EXECUTORS, StageFailed, mark_stage, plan_recipe, run_recipe
     from wrpo.pipeline.show import show_plan
 
     if executor not in EXECUTORS:
         raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if finish_stage:
-        finish_stage_of(recipe, finish_stage)
+    if start_stage or finish_stage:
+        mark_stage(recipe, start_stage or finish_stage, "start" if start_stage else "finish")
         return
     if plan:
         show_plan(plan_recipe(recipe, executor), executor)

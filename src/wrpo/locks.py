@@ -93,16 +93,17 @@ def _describe(holder: dict) -> str:
 
 
 def live_holder(output: str | Path) -> dict | None:
-    """Who holds OUTPUT's lock now ({host, pid, started, command}), or None when nobody does."""
-    path = lock_path(output)
+    """Who holds OUTPUT's lock now ({host, pid, started, command}), or None when nobody does. Read
+    without locking (which could make a run starting now fail to take it): a holder on this host is
+    alive if its pid is; one on another host is taken as alive."""
     try:
-        handle = path.open("r")
-    except FileNotFoundError:
+        holder = json.loads(lock_path(output).read_text() or "{}")
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder(handle)
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    if not holder or holder.get("host") != socket.gethostname():
+        return holder or None
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
         return None
+    return holder

@@ -75,31 +75,41 @@ class LocalExecutor:
             raise StageFailed(stage.name, exit_status, log, log_tail(log))
 
     def run_processes(self, stage: Stage, tasks: tuple[Task, ...], layout: Workdir) -> None:
+        """Starts each task once no running one holds any of its devices (more shards than the node
+        holds at once wait their turn), until all have ended; the first failure stops the rest."""
         from wrpo.progress import console
 
         logs = [layout.log(stage.name) if len(tasks) == 1 else layout.task_log(stage.name, index)
                 for index in range(len(tasks))]
-        processes = []
-        with contextlib.ExitStack() as stack:
-            for task, log in zip(tasks, logs, strict=True):
-                log.parent.mkdir(parents=True, exist_ok=True)
-                output = stack.enter_context(log.open("ab"))
-                processes.append(subprocess.Popen(self.argv(task), stdout=output, stderr=subprocess.STDOUT,
-                                                  env=self.environment(task, len(tasks)), start_new_session=True))
-            started = time.monotonic()
-            with console.status("") as status:
-                while True:
-                    codes = [process.poll() for process in processes]
-                    failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
-                    if failed is not None:  # the others' work is resumable: stop them rather than wait
-                        self.stop(processes)
-                        raise StageFailed(stage.name, codes[failed], logs[failed], log_tail(logs[failed]))
-                    if all(code == 0 for code in codes):
-                        return
+        concurrent = len({task.devices for task in tasks}) if all(task.devices for task in tasks) else len(tasks)
+        running: dict[int, subprocess.Popen] = {}
+        waiting = list(range(len(tasks)))
+        started = time.monotonic()
+        with contextlib.ExitStack() as stack, console.status("") as status:
+            try:
+                while waiting or running:
+                    busy = {device for index in running for device in tasks[index].devices}
+                    for index in [i for i in waiting if not busy & set(tasks[i].devices)]:
+                        busy |= set(tasks[index].devices)
+                        waiting.remove(index)
+                        logs[index].parent.mkdir(parents=True, exist_ok=True)
+                        output = stack.enter_context(logs[index].open("ab"))
+                        running[index] = subprocess.Popen(
+                            self.argv(tasks[index]), stdout=output, stderr=subprocess.STDOUT,
+                            env=self.environment(tasks[index], min(concurrent, len(tasks))), start_new_session=True)
+                    for index, process in list(running.items()):
+                        code = process.poll()
+                        if code:  # the others' work is resumable: stop them rather than wait
+                            raise StageFailed(stage.name, code, logs[index], log_tail(logs[index]))
+                        if code == 0:
+                            del running[index]
                     elapsed = int(time.monotonic() - started)
-                    status.update(f"{stage.name}: {codes.count(None)} of {len(processes)} processes running, "
+                    status.update(f"{stage.name}: {len(running)} of {len(tasks)} processes running, "
+                                  f"{len(tasks) - len(running) - len(waiting)} done, "
                                   f"{elapsed // 60}:{elapsed % 60:02d}")
                     time.sleep(0.5)
+            finally:  # a failure, Ctrl-C or any error: no process (and none of its children) is left behind
+                self.stop(list(running.values()))
 
     @staticmethod
     def argv(task: Task) -> list[str]:
@@ -113,7 +123,10 @@ class LocalExecutor:
     def environment(self, task: Task, concurrent: int) -> dict[str, str]:
         env = dict(os.environ)
         if task.devices and self.device_type == "gpu":
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.devices))
+            # Indexes into the devices this run may use: those CUDA_VISIBLE_DEVICES gave it, if any.
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[d] if d < len(visible) and visible[d] else str(d)
+                                                   for d in task.devices)
         if concurrent > 1 and (self.device_type == "cpu" or not task.devices):
             # Processes sharing the CPUs: each its share of the cores, or their threads spin against each other.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrent)))
@@ -121,14 +134,16 @@ class LocalExecutor:
 
     @staticmethod
     def stop(processes: list[subprocess.Popen]) -> None:
+        """Ends each process's whole group (a launcher's workers too), even where the leader is gone."""
         for process in processes:
-            if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -66,7 +67,7 @@ def decide(stages: list[Stage], layout: Workdir) -> dict[str, str]:
             decision = "redo" if manifest else "run"
         elif manifest is None:
             decision = "run"
-        elif manifest.get("fingerprint") not in (None, stage_fingerprint(stage)):
+        elif manifest.get("fingerprint") != stage_fingerprint(stage):  # None: submitted, never started
             decision = "redo"
         elif manifest.get("complete") and all(output.exists() for output in stage.outputs):
             decision = "skip"
@@ -81,8 +82,9 @@ def decide(stages: list[Stage], layout: Workdir) -> dict[str, str]:
 def remove_outputs(stage: Stage) -> None:
     """A stage's outputs, their unfinished .partial files and its shards' outputs."""
     for output in stage.outputs:
-        for stale in (output, output.with_name(output.name + ".partial"),
-                      *output.parent.glob(f".shards/{output.stem}.*-of-*")):
+        own_part = re.compile(re.escape(output.stem) + r"\.\d+-of-\d+" + re.escape(output.suffix) + r"(\.partial)?")
+        parts = [p for p in output.parent.glob(".shards/*") if own_part.fullmatch(p.name)]
+        for stale in (output, output.with_name(output.name + ".partial"), *parts):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
@@ -101,7 +103,9 @@ def run_recipe(recipe_path: str | Path, executor: str = "local") -> dict[str, st
 
             return submit(Path(recipe_path), recipe, stages, decide(stages, recipe.layout))
         from wrpo.pipeline.local import LocalExecutor
+        from wrpo.pipeline.slurm import refuse_while_jobs_run
 
+        refuse_while_jobs_run(Path(recipe_path), recipe.layout)
         executor = LocalExecutor(recipe.resources.device_type)
         executor.check(stages)
         return run_stages(stages, recipe.layout, executor)
@@ -142,13 +146,18 @@ def run_stages(stages: list[Stage], layout: Workdir, executor) -> dict[str, str]
     return statuses
 
 
-def finish_stage_of(recipe_path: str | Path, name: str) -> None:
-    """Records stage `name` as finished with the fingerprint of its inputs now (a Slurm job's last step)."""
+def mark_stage(recipe_path: str | Path, name: str, event: str) -> None:
+    """A Slurm job's bookkeeping, its inputs being final by then. start (the stage's first job): records
+    the fingerprint it starts with, its outputs removed first if they were made from other inputs;
+    finish (its last job): records it as finished."""
     recipe = load_recipe(recipe_path)
     stage = next((s for s in plan(recipe) if s.name == name), None)
     if stage is None:
         raise InputError(f"the recipe has no stage {name!r}", recipe_path)
-    write_manifest(recipe.layout, stage, fingerprint=stage_fingerprint(stage), complete=True)
+    fingerprint = stage_fingerprint(stage)
+    if event == "start" and (read_manifest(recipe.layout, stage) or {}).get("fingerprint") not in (None, fingerprint):
+        remove_outputs(stage)
+    write_manifest(recipe.layout, stage, fingerprint=fingerprint, complete=event == "finish")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 jobs of the stages it reads by `afterok` dependencies, so `wrpo run --executor slurm` submits the
 whole pipeline and returns. Shards are a job array; training is one job of `nodes` nodes where srun
 starts one `accelerate launch` per node, the rendezvous taken from Slurm's environment. A stage's last
-job records it as finished (`wrpo run --finish-stage`), and a failed job cancels the jobs after it
+job records it as finished (`wrpo run --finish-stage`; its first, `--start-stage`, the fingerprint it
+starts from), and a failed job cancels the jobs after it
 (--kill-on-invalid-dep) instead of leaving them pending forever.
 
 Plain sbatch scripts rather than submitit: the scripts are what `wrpo run --plan --executor slurm`
@@ -36,17 +37,24 @@ PORT = "$((20000 + SLURM_JOB_ID % 20000))"
 
 
 def job_scripts(recipe_path: Path, recipe: Recipe, stage: Stage) -> dict[str, str]:
-    """The sbatch script of each step of `stage`, by job name."""
-    layout = recipe.layout
+    """The sbatch script of each step of `stage`, by job name: the first records the stage as started
+    (its fingerprint, once its inputs exist), the last as finished."""
+    layout, recipe_path = recipe.layout, recipe_path.resolve()
     scripts = {}
     for number, step in enumerate(stage.steps, start=1):
-        last = number == len(stage.steps)
         name = f"wrpo:{file_name(stage.name)}" + (f":{number}" if len(stage.steps) > 1 else "")
-        scripts[name] = _script(name, stage, step, layout, recipe, recipe_path.resolve() if last else None)
+        before = [_mark(recipe_path, "start", stage)] if number == 1 else []
+        after = [_mark(recipe_path, "finish", stage)] if number == len(stage.steps) else []
+        scripts[name] = _script(name, stage, step, layout, recipe, before, after)
     return scripts
 
 
-def _script(name: str, stage: Stage, step: Step, layout: Workdir, recipe: Recipe, finish: Path | None) -> str:
+def _mark(recipe_path: Path, event: str, stage: Stage) -> str:
+    return shlex.join(executable(("wrpo", "run", str(recipe_path), f"--{event}-stage", stage.name)))
+
+
+def _script(name: str, stage: Stage, step: Step, layout: Workdir, recipe: Recipe, before: list[str],
+            after: list[str]) -> str:
     resources = recipe.resources
     array = len(step.tasks) > 1
     task = step.tasks[0]
@@ -62,19 +70,20 @@ def _script(name: str, stage: Stage, step: Step, layout: Workdir, recipe: Recipe
     elif width:
         options["cpus-per-task"] = width
     options.update({key.replace("_", "-"): value for key, value in stage.resources.slurm.items()})
-    lines = ["#!/bin/bash", *(f"#SBATCH --{key}={value}" for key, value in options.items()),
+    # A true option is a bare flag (--exclusive), a false one is left out.
+    lines = ["#!/bin/bash", *(f"#SBATCH --{key}" + ("" if value is True else f"={value}")
+                              for key, value in options.items() if value is not False),
              "set -euo pipefail", "export PYTHONUNBUFFERED=1"]
     if resources.device_type == "cpu":
         lines.append('export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"')
+    lines += before
     if array:
         lines.append('case "$SLURM_ARRAY_TASK_ID" in')
         lines += [f"  {index}) {_command(each)} ;;" for index, each in enumerate(step.tasks)]
         lines.append("esac")
     else:
         lines.append(_command(task))
-    if finish is not None:
-        lines.append(shlex.join(executable(("wrpo", "run", str(finish), "--finish-stage", stage.name))))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + after) + "\n"
 
 
 def _command(task: Task) -> str:
@@ -86,7 +95,9 @@ def _command(task: Task) -> str:
     rendezvous = ' --machine_rank "$SLURM_NODEID" --main_process_ip "$WRPO_HEAD" --main_process_port ' + PORT + " "
     inner = shlex.join(argv[:position]) + rendezvous + shlex.join(argv[position:])
     return ('WRPO_HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); export WRPO_HEAD; '
-            f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {shlex.quote(inner)}")
+            "srun --ntasks-per-node=1 --kill-on-bad-exit=1 "
+            "${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} "  # steps do not inherit it (22.05-23.02)
+            f"bash -c {shlex.quote(inner)}")
 
 
 def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: dict[str, str]) -> dict[str, str]:
@@ -96,11 +107,7 @@ def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: di
     if shutil.which("sbatch") is None:
         raise InputError("--executor slurm needs Slurm's sbatch on PATH")
     layout = recipe.layout
-    active = [job for job in job_states(layout).values() if job.state in ACTIVE]
-    if active:
-        ids = ", ".join(job.id for job in active)
-        raise InputError(f"jobs of an earlier submission are still queued or running ({ids}); "
-                         f"wait for them (wrpo status {recipe_path}) or cancel them with scancel", recipe.workdir)
+    refuse_while_jobs_run(recipe_path, layout)
     layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the jobs' logs, not creates folders
     submitted: dict[str, list[str]] = {}
     writers: dict[str, str] = {}  # output -> the job that writes it
@@ -125,11 +132,22 @@ def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: di
             jobs.append(_sbatch(path, after))
             after = [jobs[-1]]
         submitted[stage.name] = jobs
+        # Recorded as they go: if sbatch refuses a later stage, the jobs already queued are still known.
+        write_text_atomically(layout.slurm / "jobs.json", json.dumps(submitted, indent=1) + "\n")
         writers.update({str(output): jobs[-1] for output in stage.outputs})
         statuses[stage.name] = f"submitted as job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}"
         say(f"[bold]{header}[/]: {statuses[stage.name]} ({stage.launch}; log: {layout.log(stage.name)})")
-    write_text_atomically(layout.slurm / "jobs.json", json.dumps(submitted, indent=1) + "\n")
     return statuses
+
+
+def refuse_while_jobs_run(recipe_path: Path, layout: Workdir) -> None:
+    """An InputError while jobs of the workdir's last submission are queued or running: a second run
+    (local or submitted) would write the same outputs."""
+    active = [job for job in job_states(layout).values() if job.state in ACTIVE]
+    if active:
+        ids = ", ".join(job.id for job in active)
+        raise InputError(f"jobs of an earlier submission are still queued or running ({ids}); "
+                         f"wait for them (wrpo status {recipe_path}) or cancel them with scancel", layout.root)
 
 
 def _sbatch(script: Path, after: list[str]) -> str:
@@ -169,7 +187,10 @@ def _job(job_id: str) -> Job:
     done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
     if done.returncode or not done.stdout.strip():
         return Job(job_id, "GONE")  # forgotten by slurmctld (MinJobAge) and no accounting to ask
-    tasks = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in done.stdout.strip().splitlines()]
+    # One line per job (per task of an array) of Key=Value fields; a value may hold spaces, so a key is a
+    # word at the start or after a space, the first of its name counting.
+    tasks = [{key: value for key, value in reversed(re.findall(r"(?:^| )(\w+)=(\S*)", line))}
+             for line in done.stdout.strip().splitlines()]
     order = [*ACTIVE, *FAILED, "COMPLETED"]
     task = min(tasks, key=lambda t: order.index(t.get("JobState")) if t.get("JobState") in order else len(order))
     return Job(job_id, task.get("JobState", "UNKNOWN"), task.get("NodeList", "").replace("(null)", ""),

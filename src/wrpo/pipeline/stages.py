@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 from wrpo.errors import InputError
-from wrpo.flags import model_flags
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.recipe import ModelSpec, Recipe, StageResources
@@ -81,7 +80,7 @@ def plan(recipe: Recipe) -> list[Stage]:
             if width > max(resources.devices_per_node, 1):
                 raise InputError(f"{spec.name}: tensor_parallel_size {width} is more than the "
                                  f"{resources.devices_per_node} devices of a node (resources.devices_per_node)")
-            shards = own.shards or max(1, resources.devices_per_node * resources.nodes // max(width, 1))
+            shards = own.shards or max(1, resources.devices_per_node // max(width, 1) * resources.nodes)
             how = backend.backend + (f", tensor parallel {width}" if width > 1 else "")
         return Stage(name, "sample", [model, str(prompts)],
                      {"sampling": settings.model_dump(), "backend": spec.backend, "name": output.stem,
@@ -159,13 +158,13 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
                                         "num_processes": processes, "machine_rank": 0, "rdzv_backend": "static",
                                         "same_network": True})
     if processes == 1 and config is None:
-        steps, how = [Step((Task(("wrpo", *command)),))], "1 process"
+        steps, how = [Step((Task(("wrpo", *command), tuple(range(devices_per_node))),))], "1 process"
     else:
         launcher = ["accelerate", "launch", *(["--config_file", str(config)] if config else ["--multi_gpu"]),
                     "--num_processes", str(processes), "--num_machines", str(nodes)]
         task = Task((*launcher, "-m", "wrpo.cli", *command), tuple(range(devices_per_node)), nodes)
         steps = [Step((task,))]
-        launch = yaml.safe_load(files[config] if config in files else config.read_text()) if config else {}
+        launch = (yaml.safe_load(files[config] if config in files else config.read_text()) if config else {}) or {}
         kind_of = {"DEEPSPEED": "DeepSpeed", "MULTI_GPU": "DDP", None: "DDP"}
         engine = "DeepSpeed" if settings.get("deepspeed") else kind_of.get(launch.get("distributed_type"),
                                                                              launch.get("distributed_type"))
@@ -193,8 +192,9 @@ def sharded(layout: Workdir, command: tuple[str, ...], output: Path, shards: int
         return [Step((Task((*command, "--output", str(output)), tuple(range(width))),))]
     parts = [layout.shard(output, index, shards) for index in range(shards)]
     tasks = []
+    per_node = max(1, devices_per_node // width) if width else 1
     for index, part in enumerate(parts):
-        first = index * width % devices_per_node if devices_per_node else 0
+        first = index % per_node * width
         tasks.append(Task((*command, "--shard", f"{index}/{shards}", "--output", str(part)),
                           tuple(range(first, first + width))))
     return [Step(tuple(tasks)), Step((Task(("wrpo", "merge", *map(str, parts), "--output", str(output))),))]
@@ -209,12 +209,10 @@ def with_shards(how: str, shards: int, width: int) -> str:
 
 def as_flags(settings, only: tuple[str, ...] | None = None) -> list[str]:
     """The command-line flags that give a settings model's values (dicts as JSON)."""
-    names = only or tuple(settings.model_fields)
     flags = []
-    plain = {flag.field: flag for flag in model_flags(type(settings))}
-    for name in names:
+    for name in only or tuple(settings.model_fields):
         value, flag = getattr(settings, name), "--" + name.replace("_", "-")
-        if name not in plain:  # a dict field
+        if isinstance(value, dict):
             if value:
                 flags += [flag, json.dumps(value, sort_keys=True)]
         elif isinstance(value, bool):
