@@ -86,9 +86,9 @@ class VLLMGenerator:
         if data_parallel_size > 1:
             # vllm.LLM refuses it (one process cannot drive several replicas); checked before the import
             # and the engine start, which take a minute.
-            raise InputError(f"data_parallel_size {data_parallel_size} (--data-parallel-size): vLLM's offline engine runs one replica "
-                             "per process; run one `wrpo sample --shard I/N` per replica (each with its own "
-                             "CUDA_VISIBLE_DEVICES) and join them with `wrpo merge`")
+            raise InputError(f"data_parallel_size {data_parallel_size} (--data-parallel-size): vLLM's offline "
+                             "engine runs one replica per process; run one `wrpo sample --shard I/N` per replica "
+                             "(each with its own CUDA_VISIBLE_DEVICES) and join them with `wrpo merge`")
         try:
             from vllm import LLM
         except ImportError:
@@ -144,13 +144,15 @@ class OpenAIGenerator:
             return list(pool.map(lambda pair: self._samples(*pair, settings), zip(prompts, prompt_keys, strict=True)))
 
     def _samples(self, messages: list[dict[str, str]], key: str, settings: SamplingSettings) -> list[str]:
+        # Greedy answers are all the same (and vllm serve refuses n > 1 when greedy): ask once, copy.
+        wanted = settings.n if settings.temperature > 0 else 1
         texts: list[str] = []
-        while len(texts) < settings.n:
+        while len(texts) < wanted:
             response = self._with_retries(lambda have=len(texts): self.client.chat.completions.create(
-                model=self.model, messages=messages, n=settings.n - have, temperature=settings.temperature,
+                model=self.model, messages=messages, n=wanted - have, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + have))
             texts += [choice.message.content or "" for choice in response.choices]
-        return texts[: settings.n]
+        return texts[:wanted] * (settings.n // wanted)
 
     def _with_retries(self, request):
         delay = 1.0
