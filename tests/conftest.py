@@ -4,8 +4,11 @@ from pathlib import Path
 
 import pytest
 
-# Nothing may reach a model hub: tiny models are built here and loaded from disk.
+# Nothing may reach a model hub: tiny models are built here and loaded from disk. Nor may vLLM send
+# its usage statistics anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["VLLM_NO_USAGE_STATS"] = "1"
+os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from wrpo.demo.tiny import (  # noqa: E402

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.engines, pytest.mark.slow,
 # On a CPU: the KV cache takes this share of RAM; no compilation of the model (a minute on 2 cores);
 # float32, the dtype the hf backend runs on a CPU (vLLM would take bfloat16).
 ENGINE_KWARGS = json.dumps({"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "float32"})
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def sample_command(model, prompts, output, *flags, script=("-m", "wrpo.cli")):
