@@ -5,16 +5,19 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 # The versions installed: the newest releases the ranges allow (test-oldest: their lower bounds).
 CONSTRAINTS ?= constraints/newest.txt
+# A lock installed after that without dependency resolution (make test-engines: constraints/engines.txt).
+ENGINES ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-distributed test-slurm test-oldest lint clean
+.PHONY: install demo test test-distributed test-engines test-slurm test-oldest lint clean
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(ENGINES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) -e ".[dev]"
+	$(if $(ENGINES),$(BIN)/python -m pip install --quiet --no-deps -r $(ENGINES))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,14 +28,18 @@ demo: $(STAMP)
 # DeepSpeed compiles its CPU communication kernel on first use into torch's extension cache; one cache
 # per venv, or the oldest run loads the kernel the newest DeepSpeed built (or the other way round).
 # make test: every tier but `distributed` (several processes under accelerate launch, minutes on 2 cores),
-# which make test-distributed and CI run; make test-oldest runs all of them on the oldest versions.
-# Nor `slurm` (a Slurm cluster on loopback; root, apt-get): make test-slurm, CI and make test-oldest run it.
-TIERS ?= not distributed and not slurm
+# `engines` (vLLM) and `slurm` (a Slurm cluster on loopback; root, apt-get), which make test-distributed,
+# make test-engines, make test-slurm and CI run; make test-oldest runs the others on the oldest versions.
+TIERS ?= not distributed and not engines and not slurm
 test: $(STAMP)
 	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch-extensions $(BIN)/python -m pytest -q -m "$(TIERS)"
 
 test-distributed:
 	$(MAKE) test TIERS=distributed
+
+# The vllm backend and `vllm serve` on vLLM's CPU build, in a venv of its own (see constraints/engines.txt).
+test-engines:
+	$(MAKE) test VENV=.venv-engines ENGINES=constraints/engines.txt TIERS=engines
 
 # Installs slurm-wlm and munge with apt-get if slurmctld is missing (root); fails, not skips, without them.
 test-slurm:
@@ -43,7 +50,7 @@ lint: $(STAMP)
 
 # The suite on the oldest versions pyproject.toml allows, in a venv of its own.
 test-oldest:
-	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt TIERS=
+	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt TIERS="not engines and not slurm"
 
 clean:
-	rm -rf $(VENV) .venv-oldest demo-output .pytest_cache
+	rm -rf $(VENV) .venv-oldest .venv-engines demo-output .pytest_cache

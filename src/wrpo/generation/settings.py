@@ -35,7 +35,8 @@ class BackendSettings(BaseModel):
         "hf (transformers), vllm, or openai (any OpenAI-compatible server)."))
     tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs per model replica.")
     data_parallel_size: int = Field(default=1, ge=1, description="vllm: model replicas.")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: passed to vllm.LLM as is.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        'vllm: passed to vllm.LLM as is, e.g. {"gpu_memory_utilization": 0.8, "max_model_len": 4096}.'))
     base_url: str | None = Field(default=None, description="openai: the server's URL, e.g. http://localhost:8000/v1.")
     api_key_env: str | None = Field(default=None, description="openai: the environment variable holding the API key.")
     concurrency: int = Field(default=8, ge=1, description="openai: requests in flight at once.")
