@@ -192,3 +192,17 @@ def test_status_names_the_process_running_a_stage(zoo, tmp_path):
         running = recipe_status(path)[0]
     assert running.state == "running" and f"pid {os.getpid()} on here" in running.detail
     assert recipe_status(path)[0].state == "pending"  # its runner gone, it is left to resume
+
+
+def test_a_source_behind_a_server_is_one_process_of_concurrent_requests(zoo, tmp_path):
+    path = recipe_file(tmp_path, zoo)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["sources"].append({"name": "served", "model": "big-model", "backend": "openai",
+                              "base_url": "http://10.0.0.5:8000/v1", "api_key_env": "MY_KEY", "concurrency": 32})
+    path.write_text(yaml.safe_dump(recipe))
+    with_resources(path, {"devices_per_node": 8})
+    stage = next(s for s in plan(load_recipe(path)) if s.name == "sample/sources/served")
+    ((task,),) = [step.tasks for step in stage.steps]
+    assert task.devices == () and "32 requests at once" in stage.launch
+    command = " ".join(task.command)
+    assert "--backend openai --base-url http://10.0.0.5:8000/v1 --api-key-env MY_KEY --concurrency 32" in command
