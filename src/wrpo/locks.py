@@ -97,8 +97,9 @@ def live_holder(output: str | Path) -> dict | None:
     without locking (which could make a run starting now fail to take it): a holder on this host is
     alive if its pid is; one on another host is taken as alive."""
     try:
-        holder = json.loads(lock_path(output).read_text() or "{}")
-    except (FileNotFoundError, json.JSONDecodeError):
+        with lock_path(output).open() as handle:
+            holder = _holder(handle)
+    except FileNotFoundError:
         return None
     if not holder or holder.get("host") != socket.gethostname():
         return holder or None

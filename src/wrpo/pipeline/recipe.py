@@ -183,11 +183,11 @@ TRAINING_SECTIONS = ("sft", "wrpo")
 MACHINE_SETTINGS = ("bf16", "fp16", "tf32", "deepspeed", "fsdp", "fsdp_config", "use_cpu")
 
 
-def uses_deepspeed(accelerate_config: Path | None) -> bool:
+def distributed_type(accelerate_config: Path | None) -> str | None:
+    """An accelerate config's distributed_type (DEEPSPEED, MULTI_GPU, FSDP, ...), None without one."""
     if accelerate_config is None:
-        return False
-    launch = yaml.safe_load(accelerate_config.read_text()) or {}
-    return launch.get("distributed_type") == "DEEPSPEED"
+        return None
+    return (yaml.safe_load(accelerate_config.read_text()) or {}).get("distributed_type")
 
 
 def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[str, Any]:
@@ -197,13 +197,13 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
     the same stage would each configure it (accelerate stops on that), so that is refused here."""
     from wrpo.training.settings import build_config, normalise_settings
 
-    config_class = _config_class(section)
+    section_class = config_class(section)
     given = {key: (value, line_of(node, (section, key))) for key, value in getattr(recipe, section).items()}
-    values, lines, _ = normalise_settings(config_class, given, path)
+    values, lines, _ = normalise_settings(section_class, given, path)
     if isinstance(values.get("deepspeed"), str):
         values["deepspeed"] = str(path.parent / values["deepspeed"])
     launch_config = recipe.resources.of(section, section).accelerate_config
-    if values.get("deepspeed") and uses_deepspeed(launch_config):
+    if values.get("deepspeed") and distributed_type(launch_config) == "DEEPSPEED":
         raise InputError(f"{section}.deepspeed: this stage is launched with the accelerate config {launch_config}, "
                          "which sets DeepSpeed up already; give DeepSpeed its settings one way: remove this key, "
                          "or launch with an accelerate config that does not use DeepSpeed", path,
@@ -218,12 +218,13 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
     # loaded (and submitted) from machines without them, and a DeepSpeed config would switch
     # transformers' ZeRO-3 loading on in this process.
     portable = {name: value for name, value in values.items() if name not in MACHINE_SETTINGS}
-    build_config(config_class, {**portable, "output_dir": str(recipe.layout.trained(section))}, lines,
+    build_config(section_class, {**portable, "output_dir": str(recipe.layout.trained(section))}, lines,
                  path, section_line=line_of(node, (section,)))
     return values
 
 
-def _config_class(section: str):
+def config_class(section: str):
+    """The config class of a training section or stage kind: sft or wrpo."""
     from wrpo.training.config import WRPOConfig
     from wrpo.training.sft import WRPOSFTConfig
 

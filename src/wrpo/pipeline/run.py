@@ -62,21 +62,27 @@ def decide(stages: list[Stage], layout: Workdir) -> dict[str, str]:
     changing: set[str] = set()
     decisions = {}
     for stage in stages:
-        manifest = read_manifest(layout, stage)
         if any(str(Path(i)) in changing for i in stage.inputs):
-            decision = "redo" if manifest else "run"
-        elif manifest is None:
-            decision = "run"
-        elif manifest.get("fingerprint") != stage_fingerprint(stage):  # None: submitted, never started
-            decision = "redo"
-        elif manifest.get("complete") and all(output.exists() for output in stage.outputs):
-            decision = "skip"
+            decision = "redo" if read_manifest(layout, stage) else "run"
         else:
-            decision = "resume"
+            decision = decision_now(stage, layout)
         decisions[stage.name] = decision
         if decision != "skip":
             changing |= {str(output) for output in stage.outputs}
     return decisions
+
+
+def decision_now(stage: Stage, layout: Workdir, fingerprint: str | None = None) -> str:
+    """skip, run, resume or redo for a stage whose inputs are as they will be when it runs; `fingerprint`
+    (its inputs' fingerprint, if the caller has it already) is computed only when a manifest needs it."""
+    manifest = read_manifest(layout, stage)
+    if manifest is None:
+        return "run"
+    if manifest.get("fingerprint") != (fingerprint or stage_fingerprint(stage)):  # None: submitted, never started
+        return "redo"
+    if manifest.get("complete") and all(output.exists() for output in stage.outputs):
+        return "skip"
+    return "resume"
 
 
 def remove_outputs(stage: Stage) -> None:
@@ -118,7 +124,9 @@ def run_stages(stages: list[Stage], layout: Workdir, executor) -> dict[str, str]
 
     statuses = {}
     for number, stage in enumerate(stages, start=1):
-        decision = decide([stage], layout)[stage.name]  # its inputs are final now: the stages before it ran
+        # Its inputs are final now (the stages before it ran): fingerprinted once, for the decision and manifest.
+        fingerprint = stage_fingerprint(stage)
+        decision = decision_now(stage, layout, fingerprint)
         header = f"[{number}/{len(stages)}] {stage.name}"
         if decision == "skip":
             say(f"{header}: up to date, skipped")
@@ -126,20 +134,16 @@ def run_stages(stages: list[Stage], layout: Workdir, executor) -> dict[str, str]
             continue
         if decision == "redo":
             remove_outputs(stage)
-        fingerprint = stage_fingerprint(stage)
         say(f"[bold]{header}[/]: {dict(run='running', resume='resuming', redo='redoing')[decision]} "
             f"({stage.launch}; log: {layout.log(stage.name)})")
         write_manifest(layout, stage, fingerprint=fingerprint, complete=False, host=socket.gethostname(),
                        pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
         try:
             executor.run(stage, layout)
-        except StageFailed as failure:
-            write_manifest(layout, stage, fingerprint=fingerprint, complete=False,
-                           failed={"exit_status": failure.exit_status, "log": str(failure.log)})
-            raise
         except BaseException as error:
-            write_manifest(layout, stage, fingerprint=fingerprint, complete=False,
-                           failed={"error": str(error) or type(error).__name__, "log": str(layout.log(stage.name))})
+            failed = ({"exit_status": error.exit_status, "log": str(error.log)} if isinstance(error, StageFailed)
+                      else {"error": str(error) or type(error).__name__, "log": str(layout.log(stage.name))})
+            write_manifest(layout, stage, fingerprint=fingerprint, complete=False, failed=failed)
             raise
         write_manifest(layout, stage, fingerprint=fingerprint, complete=True)
         statuses[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]

@@ -27,7 +27,7 @@ import yaml
 from wrpo.errors import InputError
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.pipeline.layout import Workdir
-from wrpo.pipeline.recipe import ModelSpec, Recipe, StageResources
+from wrpo.pipeline.recipe import ModelSpec, Recipe, StageResources, config_class, distributed_type
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,6 @@ class Stage:
     launch: str                     # how it runs, in words
     resources: StageResources = field(default_factory=StageResources)
     files: dict[Path, str] = field(default_factory=dict)  # written before it runs (its settings file)
-
-    @property
-    def parts(self) -> list[Path]:
-        """The shards' outputs of a sharded stage, merged into its output in the last step."""
-        return [Path(task.command[task.command.index("--output") + 1])
-                for step in self.steps[:-1] for task in step.tasks if "--output" in task.command]
 
 
 def plan(recipe: Recipe) -> list[Stage]:
@@ -164,10 +158,9 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
                     "--num_processes", str(processes), "--num_machines", str(nodes)]
         task = Task((*launcher, "-m", "wrpo.cli", *command), tuple(range(devices_per_node)), nodes)
         steps = [Step((task,))]
-        launch = (yaml.safe_load(files[config] if config in files else config.read_text()) if config else {}) or {}
-        kind_of = {"DEEPSPEED": "DeepSpeed", "MULTI_GPU": "DDP", None: "DDP"}
-        engine = "DeepSpeed" if settings.get("deepspeed") else kind_of.get(launch.get("distributed_type"),
-                                                                             launch.get("distributed_type"))
+        launch_type = "MULTI_GPU" if config in files else distributed_type(config)
+        engine = "DeepSpeed" if settings.get("deepspeed") else \
+            {"DEEPSPEED": "DeepSpeed", "MULTI_GPU": "DDP", None: "DDP"}.get(launch_type, launch_type)
         how = (f"accelerate launch ({engine}{', ' + config.name if config else ''}): {processes} processes on "
                f"{nodes} node{'s' if nodes > 1 else ''}")
     batch, accumulation = _batch_settings(kind, settings)
@@ -176,10 +169,7 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
 
 
 def _batch_settings(kind: str, settings: dict) -> tuple[int, int]:
-    from wrpo.training.config import WRPOConfig
-    from wrpo.training.sft import WRPOSFTConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(WRPOSFTConfig if kind == "sft" else WRPOConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class(kind))}
     return (settings.get("per_device_train_batch_size", defaults["per_device_train_batch_size"]),
             settings.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"]))
 
