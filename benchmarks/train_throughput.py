@@ -1,30 +1,34 @@
-"""Training throughput and peak memory: wrpo's trainer against a naive WRPO trainer and TRL's DPOTrainer.
+"""Training throughput, peak memory and model-FLOP utilisation over a grid of workload shapes: wrpo's
+trainer against a naive WRPO trainer and TRL's DPOTrainer.
 
-    python benchmarks/train_throughput.py [--repeats 3] [--examples 64] [--batch-size 8]
+    python benchmarks/train_throughput.py [--points all] [--repeats 3] [--examples 64] [--batch-size 8]
 
-One run builds a Llama-architecture model with a 32k vocabulary (sized for 2 CPU cores) and synthetic
-quadruples whose prompt and response lengths follow UltraFeedback's shape, scaled down (log-normal,
-medians 40 and 80 tokens instead of ~160 and ~320). Every trainer then runs one epoch over the same
-examples with the same batch size, each in a fresh process (so peak memory is its own), interleaved
-over repeats; the table reports medians:
+Each grid point is a Llama-architecture model (4 layers; width 256 or 512; vocabulary 8k, 32k or 128k)
+and synthetic quadruples: prompts of 20-80 words, responses of 30-150 words (short) or 150-400 (long),
+one token per word. Every trainer runs one epoch over the same examples with the same batch size, each
+in a fresh process, interleaved over repeats; the table reports medians:
 
-  wrpo         wrpo's WRPOTrainer with its defaults (reference log-probs precomputed once, shared prompt,
-               chunked output head, length-grouped batches)
-  naive        the same trainer with every technique off: the paper code's way (three padded prompt +
-               response rows, full float32 logits, a reference forward every step, random batches)
-  trl-default  TRL's DPOTrainer on (y_ws, y_l) pairs with its defaults (bf16 autocast, gradient checkpointing)
-  trl-fast     TRL's DPOTrainer with its fastest CPU settings (fp32, no gradient checkpointing)
+  wrpo          wrpo's WRPOTrainer with its defaults (padding-free packed rows, reference log-probs
+                precomputed once, chunked output head, length-grouped batches)
+  wrpo-compile  the same with torch_compile=True (not in the default runners: see --runners)
+  naive         the same trainer with every technique off: the paper code's way (three padded prompt +
+                response rows, full float32 logits, a reference forward every step, random batches)
+  trl-default   TRL's DPOTrainer on (y_ws, y_l) pairs with its defaults (bf16 autocast)
+  trl-fast      TRL's DPOTrainer with its fastest CPU settings (fp32)
 
-examples/s counts training steps only; wrpo's one-time reference pass is reported beside it, and in
-"incl. precompute". Peak RSS is the process's maximum resident memory; "training" is that peak minus
-the resident memory once the model is loaded, which is what the trainers themselves add.
+whole/s: examples over the whole process, from interpreter start to exit (imports, loading, encoding,
+reference pass, training). steady/s: batch size over the median training step after the first. MFU: the
+model FLOPs an epoch needs (forward and backward over each distinct token once: the prompt once, each
+response once, the output head on response tokens only, causal attention pairs) over the steady epoch
+time, against the fp32 matmul peak this run measures on this machine. TRL's examples are pairs (two
+responses, no y_wt), so its FLOPs and examples/s count pairs. peak MB is the process's maximum resident
+memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import resource
 import statistics
@@ -32,10 +36,37 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-RUNNERS = ("wrpo", "naive", "trl-default", "trl-fast")
-VOCAB = 32_000
+from transformers import TrainerCallback
+
+RUNNERS = ("wrpo", "wrpo-compile", "naive", "trl-default", "trl-fast")
+DEFAULT_RUNNERS = ("wrpo", "naive", "trl-default", "trl-fast")
+PROMPT_WORDS = (20, 80)
+
+
+@dataclass(frozen=True)
+class Point:
+    vocab: int
+    hidden: int
+    response_words: tuple[int, int]
+    layers: int = 4
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // 64
+
+
+SHORT, LONG = (30, 150), (150, 400)
+POINTS = {
+    "8k-short-256": Point(8_000, 256, SHORT),
+    "8k-long-256": Point(8_000, 256, LONG),
+    "32k-short-256": Point(32_000, 256, SHORT),
+    "128k-short-256": Point(128_000, 256, SHORT),
+    "8k-short-512": Point(8_000, 512, SHORT),
+    "32k-short-512": Point(32_000, 512, SHORT),
+}
 
 
 def resident_mb() -> float:
@@ -45,158 +76,239 @@ def resident_mb() -> float:
     return float("nan")
 
 
+def phase(phases: dict, name: str) -> None:
+    """Resident memory (MB) and seconds since the parent launched this process, at the end of a phase."""
+    phases[name] = (resident_mb(), time.time() - phases["launched"])
+
+
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(work: Path, examples: int, seed: int) -> None:
+def matmul_peak_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """The best fp32 matmul rate of several timed windows, on every thread torch uses."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = 0.0
+    for _ in range(5):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 5:
+            torch.mm(a, b)
+            count += 1
+        best = max(best, 2 * size**3 * count / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def build(work: Path, point: Point, examples: int, seed: int) -> None:
     """The model, tokenizer and quadruples every runner loads from disk."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(VOCAB - len(specials))])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    words = [f"w{i}" for i in range(point.vocab - len(specials))]
+    backend = Tokenizer(models.WordLevel(vocab={token: i for i, token in enumerate(specials + words)},
+                                         unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
                                         bos_token="<s>", eos_token="</s>")
     tokenizer.save_pretrained(work / "model")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    config = LlamaConfig(vocab_size=point.vocab, hidden_size=point.hidden, intermediate_size=point.hidden * 11 // 4,
+                         num_hidden_layers=point.layers, num_attention_heads=point.heads,
+                         num_key_value_heads=point.heads, max_position_embeddings=1024, pad_token_id=0,
+                         bos_token_id=2, eos_token_id=3)
     LlamaForCausalLM(config).save_pretrained(work / "model")
 
     rng = random.Random(seed)
 
-    def text(median: int, cap: int) -> str:
-        length = max(4, min(cap, round(rng.lognormvariate(math.log(median), 0.6))))
-        return " ".join(f"w{rng.randrange(VOCAB - 4)}" for _ in range(length))
+    def text(bounds: tuple[int, int]) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(*bounds)))
 
     with (work / "quadruples.jsonl").open("w") as handle:
         for index in range(examples):
-            handle.write(json.dumps({"prompt_id": str(index), "prompt": text(40, 200), "chosen_source": text(80, 320),
-                                     "chosen_target": text(80, 320), "rejected": text(80, 320)}) + "\n")
+            handle.write(json.dumps({"prompt_id": str(index), "prompt": text(PROMPT_WORDS),
+                                     "chosen_source": text(point.response_words),
+                                     "chosen_target": text(point.response_words),
+                                     "rejected": text(point.response_words)}) + "\n")
 
 
-def measure(make_trainer, examples: int) -> dict:
-    """Times a trainer's construction (setup) and one train() call; notes the memory before them."""
-    loaded = resident_mb()
-    start = time.perf_counter()
-    trainer = make_trainer()
-    setup = time.perf_counter() - start
-    start = time.perf_counter()
-    trainer.train()
-    return {"train_s": time.perf_counter() - start, "setup_s": setup, "loaded_mb": loaded, "examples": examples}
+def epoch_flops(work: Path, point: Point, responses: tuple[str, ...]) -> float:
+    """Model FLOPs of one training epoch (forward + backward = 3 forwards) over the given responses of
+    every row: each distinct token once through the layers, response tokens through the output head."""
+    hidden, layers = point.hidden, point.layers
+    layer_params = 4 * hidden * hidden + 3 * hidden * (hidden * 11 // 4)
+    total = 0.0
+    for line in (work / "quadruples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        prompt = len(row["prompt"].split())
+        lengths = [len(row[key].split()) for key in responses]
+        tokens = prompt + sum(lengths)
+        # Attention pairs: the prompt causally, each response over the prompt and its own prefix.
+        pairs = prompt * (prompt + 1) / 2 + sum(n * prompt + n * (n + 1) / 2 for n in lengths)
+        forward = (2 * layer_params * layers * tokens + 2 * point.vocab * hidden * sum(lengths)
+                   + 4 * hidden * layers * pairs)
+        total += 3 * forward
+    return total
 
 
-def run_wrpo(work: Path, batch_size: int, naive: bool) -> dict:
+class StepTimes(TrainerCallback):
+    """Each optimizer step's wall time."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def run_wrpo(work: Path, batch_size: int, runner: str, phases: dict) -> tuple:
     import torch
 
     from wrpo.data import QuadrupleEncoder, load_quadruple_dataset
     from wrpo.modeling import load_causal_lm, load_tokenizer
     from wrpo.training import WRPOConfig, WRPOTrainer
 
+    phase(phases, "imports")
     tokenizer = load_tokenizer(str(work / "model"))
-    dataset = load_quadruple_dataset(work / "quadruples.jsonl", QuadrupleEncoder(tokenizer, 1024, 512))
     model = load_causal_lm(str(work / "model"), dtype=torch.float32)
-    switches = dict(precompute_ref_logps=False, share_prompt=False, logps_chunk_size=0,
-                    train_sampling_strategy="random") if naive else {}
-    args = WRPOConfig(output_dir=str(work / "out-wrpo"), per_device_train_batch_size=batch_size,
-                      per_device_eval_batch_size=batch_size, num_train_epochs=1, learning_rate=1e-5, beta=0.1,
-                      save_strategy="no", logging_steps=1000, report_to="none", disable_tqdm=True, **switches)
-    return measure(lambda: WRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer),
-                   len(dataset))
+    phase(phases, "model loaded")
+    dataset = load_quadruple_dataset(work / "quadruples.jsonl", QuadrupleEncoder(tokenizer, 1024, 512))
+    phase(phases, "data encoded")
+    switches = {"naive": dict(precompute_ref_logps=False, padding_free=False, share_prompt=False, logps_chunk_size=0,
+                              train_sampling_strategy="random"),
+                "wrpo-compile": dict(torch_compile=True)}.get(runner, {})
+    args = WRPOConfig(output_dir=str(work / f"out-{runner}"), per_device_train_batch_size=batch_size,
+                      num_train_epochs=1, learning_rate=1e-5, beta=0.1, save_strategy="no", logging_steps=1000,
+                      report_to="none", disable_tqdm=True, **switches)
+    steps = StepTimes()
+    trainer = WRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[steps])
+    phase(phases, "trainer built")
+    return trainer, steps, len(dataset)
 
 
-def run_trl(work: Path, batch_size: int, fast: bool) -> dict:
+def run_trl(work: Path, batch_size: int, fast: bool, phases: dict) -> tuple:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    phase(phases, "imports")
     rows = [json.loads(line) for line in (work / "quadruples.jsonl").read_text().splitlines()]
     pairs = datasets.Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen_source"],
                                          "rejected": r["rejected"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    phase(phases, "model loaded")
     # Its defaults (bf16 autocast) refuse a CPU unless use_cpu is set.
     settings = dict(bf16=False, gradient_checkpointing=False) if fast else dict(use_cpu=not torch.cuda.is_available())
     args = DPOConfig(output_dir=str(work / "out-trl"), per_device_train_batch_size=batch_size, num_train_epochs=1,
                      learning_rate=1e-5, beta=0.1, save_strategy="no", logging_steps=1000, report_to="none",
                      disable_tqdm=True, max_length=1024, **settings)
-    return measure(lambda: DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer),
-                   len(rows))
+    steps = StepTimes()
+    trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer, callbacks=[steps])
+    phase(phases, "trainer built")
+    return trainer, steps, len(rows)
 
 
-def child(runner: str, work: Path, batch_size: int) -> None:
-    if runner in ("wrpo", "naive"):
-        result = run_wrpo(work, batch_size, naive=runner == "naive")
+def child(runner: str, work: Path, batch_size: int, launched: float) -> None:
+    phases: dict = {"launched": launched}
+    if runner.startswith("trl"):
+        trainer, steps, examples = run_trl(work, batch_size, runner == "trl-fast", phases)
     else:
-        result = run_trl(work, batch_size, fast=runner == "trl-fast")
-    result["peak_mb"] = peak_mb()
-    print("RESULT " + json.dumps(result))
+        trainer, steps, examples = run_wrpo(work, batch_size, runner, phases)
+    trainer.train()
+    phase(phases, "trained")
+    phases.pop("launched")
+    phases["peak"] = (peak_mb(), phases["trained"][1])
+    print("RESULT " + json.dumps({"examples": examples, "step_s": steps.times, "phases": phases}))
 
 
-def report(results: dict[str, list[dict]]) -> str:
-    rows = {}
-    for runner, runs in results.items():
-        examples = runs[0]["examples"]
-        rows[runner] = {"examples_per_s": statistics.median(examples / r["train_s"] for r in runs),
-                        "with_precompute": statistics.median(examples / (r["train_s"] + r["setup_s"]) for r in runs),
-                        "setup_s": statistics.median(r["setup_s"] for r in runs),
-                        "peak_mb": statistics.median(r["peak_mb"] for r in runs),
-                        "training_mb": statistics.median(r["peak_mb"] - r["loaded_mb"] for r in runs)}
-    trl = [runner for runner in rows if runner.startswith("trl")]
-    fastest_trl = max(trl, key=lambda runner: rows[runner]["examples_per_s"]) if trl else None
-    lines = ["| trainer | examples/s | incl. setup | setup s | peak RSS MB | training MB | speed vs naive | "
-             f"speed vs {fastest_trl or 'TRL'} | training memory vs naive |", "|---|---|---|---|---|---|---|---|---|"]
+def measure(runner: str, work: Path, batch_size: int) -> dict:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--child", runner, "--work", str(work),
+                           "--batch-size", str(batch_size), "--launched", str(time.time())],
+                          capture_output=True, text=True)
+    whole = time.perf_counter() - start
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        sys.exit(f"{runner} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    return result | {"whole_s": whole, "deepspeed_announced": "real_accelerator" in done.stderr}
 
-    def ratio(row, other, key):
-        return f"{row[key] / rows[other][key]:.2f}x" if other in rows else "-"
 
-    for runner, row in rows.items():
-        lines.append(f"| {runner} | {row['examples_per_s']:.2f} | {row['with_precompute']:.2f} | "
-                     f"{row['setup_s']:.1f} | "
-                     f"{row['peak_mb']:.0f} | {row['training_mb']:.0f} | {ratio(row, 'naive', 'examples_per_s')} | "
-                     f"{ratio(row, fastest_trl, 'examples_per_s')} | {ratio(row, 'naive', 'training_mb')} |")
+def summarise(runs: list[dict], batch_size: int, flops: float, peak_gflops: float) -> dict:
+    examples = runs[0]["examples"]
+    steady = statistics.median(batch_size / statistics.median(r["step_s"][1:] or r["step_s"]) for r in runs)
+    return {"whole_per_s": statistics.median(examples / r["whole_s"] for r in runs), "steady_per_s": steady,
+            "peak_mb": statistics.median(r["phases"]["peak"][0] for r in runs),
+            "mfu": flops / (examples / steady) / (peak_gflops * 1e9)}
+
+
+def table(grid: dict[str, dict[str, dict]]) -> str:
+    lines = ["| point | trainer | whole/s | steady/s | peak MB | MFU | whole vs naive | whole vs best TRL | "
+             "memory vs naive |", "|---|---|---|---|---|---|---|---|---|"]
+    for point, rows in grid.items():
+        trl = [rows[r]["whole_per_s"] for r in rows if r.startswith("trl")]
+        for runner, row in rows.items():
+            vs_naive = f"{row['whole_per_s'] / rows['naive']['whole_per_s']:.2f}x" if "naive" in rows else "-"
+            vs_trl = f"{row['whole_per_s'] / max(trl):.2f}x" if trl else "-"
+            memory = f"{row['peak_mb'] / rows['naive']['peak_mb']:.2f}x" if "naive" in rows else "-"
+            lines.append(f"| {point} | {runner} | {row['whole_per_s']:.2f} | {row['steady_per_s']:.2f} | "
+                         f"{row['peak_mb']:.0f} | {row['mfu']:.0%} | {vs_naive} | {vs_trl} | {memory} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", default="all", help=f"comma-separated, of: {', '.join(POINTS)}")
+    parser.add_argument("--runners", default=",".join(DEFAULT_RUNNERS),
+                        help=f"comma-separated, of: {', '.join(RUNNERS)}")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/train_throughput.json"))
     parser.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.work, args.batch_size)
+        child(args.child, args.work, args.batch_size, args.launched)
         return
 
+    points = list(POINTS) if args.points == "all" else args.points.split(",")
     runners = args.runners.split(",")
-    results: dict[str, list[dict]] = {runner: [] for runner in runners}
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        build(work, args.examples, args.seed)
-        for repeat in range(args.repeats):
-            for runner in runners:
-                done = subprocess.run([sys.executable, __file__, "--child", runner, "--work", str(work),
-                                       "--batch-size", str(args.batch_size)], capture_output=True, text=True)
-                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                if done.returncode != 0 or not lines:
-                    sys.exit(f"{runner} failed:\n{done.stderr[-3000:]}")
-                results[runner].append(json.loads(lines[-1][len("RESULT "):]))
-                print(f"repeat {repeat + 1}/{args.repeats} {runner}: {results[runner][-1]}", flush=True)
-    table = report(results)
-    print(table)
-    args.output.write_text(json.dumps({"settings": vars(args) | {"output": str(args.output)}, "results": results,
-                                       "table": table}, indent=2) + "\n")
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
+    raw: dict[str, dict[str, list[dict]]] = {}
+    grid: dict[str, dict[str, dict]] = {}
+    for name in points:
+        point = POINTS[name]
+        raw[name] = {runner: [] for runner in runners}
+        with tempfile.TemporaryDirectory() as folder:
+            work = Path(folder)
+            build(work, point, args.examples, args.seed)
+            for repeat in range(args.repeats):
+                for runner in runners:
+                    run = measure(runner, work, args.batch_size)
+                    raw[name][runner].append(run)
+                    print(f"{name} repeat {repeat + 1}/{args.repeats} {runner}: whole {run['whole_s']:.1f} s, "
+                          f"phases (MB, s) {run['phases']}", flush=True)
+            responses = {runner: ("chosen_source", "rejected") if runner.startswith("trl")
+                         else ("chosen_source", "chosen_target", "rejected") for runner in runners}
+            grid[name] = {runner: summarise(raw[name][runner], args.batch_size,
+                                            epoch_flops(work, point, responses[runner]), peak) for runner in runners}
+    text = table(grid)
+    print(text)
+    args.output.write_text(json.dumps({"settings": {key: str(value) for key, value in vars(args).items()},
+                                       "matmul_peak_gflops": peak, "points": {n: asdict(POINTS[n]) for n in points},
+                                       "summary": grid, "runs": raw, "table": text}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

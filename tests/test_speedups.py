@@ -1,6 +1,8 @@
 """Each training speed-up gives the naive computation's result: log-probs, gradients, losses, weights."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from wrpo.training import WRPOConfig, WRPOTrainer, train
 from wrpo.training.logps import batch_logps
 from wrpo.training.reference import with_reference_logps
 
-NAIVE = dict(share_prompt=False, chunk_size=0)
+NAIVE = dict(share_prompt=False, chunk_size=0, padding_free=False)
 
 
 def varied_rows(count=len(WORDS)):
@@ -35,8 +37,8 @@ def setting(tiny_model, tmp_path):
     return tokenizer, model, dataset
 
 
-def logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size):
-    batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=share_prompt)(examples)
+def logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size, padding_free=False):
+    batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=share_prompt, padding_free=padding_free)(examples)
     model.zero_grad()
     logps, counts = batch_logps(model, batch, chunk_size)
     # Any scalar that weighs every response differently exercises every gradient path.
@@ -48,7 +50,7 @@ def logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size):
 def test_full_rows_give_the_log_probs_of_one_unpadded_sequence_at_a_time(setting):
     tokenizer, model, dataset = setting
     examples = [dataset[i] for i in range(4)]
-    batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=False)(examples)
+    batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=False, padding_free=False)(examples)
     with torch.no_grad():
         batched, counts = batch_logps(model, batch, 0)
         one_at_a_time = []
@@ -63,12 +65,14 @@ def test_full_rows_give_the_log_probs_of_one_unpadded_sequence_at_a_time(setting
                                for r in (*e.source_ids, *[[]] * (2 - len(e.source_ids)), e.target_ids, e.rejected_ids)]
 
 
-@pytest.mark.parametrize("share_prompt, chunk_size", [(False, 7), (True, 0), (True, 7)])
-def test_shared_prompt_and_chunked_head_equal_the_naive_log_probs_and_gradients(setting, share_prompt, chunk_size):
+@pytest.mark.parametrize("share_prompt, chunk_size, padding_free",
+                         [(False, 7, False), (True, 0, False), (True, 7, False), (True, 0, True), (True, 7, True)])
+def test_padding_free_shared_prompt_and_chunked_head_equal_the_naive_log_probs_and_gradients(
+        setting, share_prompt, chunk_size, padding_free):
     tokenizer, model, dataset = setting
     examples = [dataset[i] for i in range(6)]
     naive_logps, naive_counts, naive_grads = logps_and_gradients(model, tokenizer, examples, **NAIVE)
-    logps, counts, grads = logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size)
+    logps, counts, grads = logps_and_gradients(model, tokenizer, examples, share_prompt, chunk_size, padding_free)
     torch.testing.assert_close(logps, naive_logps, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(counts, naive_counts)
     for name, grad in grads.items():
@@ -80,8 +84,9 @@ def test_the_chunked_head_keeps_no_tokens_by_vocab_float32_tensor_for_backward(s
     examples = [dataset[i] for i in range(6)]
     vocab, hidden = model.config.vocab_size, model.config.hidden_size
 
-    def vocab_rows_saved(share_prompt, chunk_size):
-        batch = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=share_prompt)(examples)
+    def vocab_rows_saved(share_prompt, chunk_size, padding_free=False):
+        collator = QuadrupleCollator(tokenizer.pad_token_id, share_prompt=share_prompt, padding_free=padding_free)
+        batch = collator(examples)
         rows = [0]
 
         def pack(tensor):  # every tensor autograd keeps for backward, except the head's weight
@@ -98,6 +103,8 @@ def test_the_chunked_head_keeps_no_tokens_by_vocab_float32_tensor_for_backward(s
     assert vocab_rows_saved(False, 8)[0] == 0     # chunks are recomputed in backward
     # Shared prompt: only the prompts' last log-probs (which predict each first response token) remain.
     assert vocab_rows_saved(True, 8)[0] == len(examples)
+    # Padding-free: the prompt's last hidden state goes through the chunked head like any other.
+    assert vocab_rows_saved(True, 8, padding_free=True)[0] == 0
 
 
 def config(output_dir, **overrides):
@@ -110,7 +117,7 @@ def config(output_dir, **overrides):
 def test_precomputed_reference_trains_exactly_like_a_reference_run_every_step(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
     train(str(tiny_model), data, config(tmp_path / "every-step", precompute_ref_logps=False, share_prompt=False,
-                                        logps_chunk_size=0))
+                                        padding_free=False, logps_chunk_size=0))
     train(str(tiny_model), data, config(tmp_path / "fast"))
     slow, fast = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                   for run in ("every-step", "fast"))
@@ -167,8 +174,46 @@ def test_length_grouped_batches_need_less_padding_and_hold_every_example_once(ti
     assert padding("group_by_length") < 0.5 * padding("random")
 
 
-def test_activation_checkpointing_turns_the_shared_prompt_off(tmp_path):
-    assert config(tmp_path, activation_checkpointing=True).share_prompt is False
+def test_activation_checkpointing_turns_the_shared_prompt_and_packing_off(tmp_path):
+    settings = config(tmp_path, activation_checkpointing=True)
+    assert settings.share_prompt is False and settings.padding_free is False
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt2", "gpt_neox"])
+def test_padding_free_equals_the_naive_log_probs_and_gradients_on_other_architectures(tiny_model, tmp_path,
+                                                                                     architecture):
+    """Absolute positions (GPT-2), partial rotary embeddings (GPT-NeoX), biases (Qwen2)."""
+    from wrpo.demo.tiny import save_tiny_model
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(save_tiny_model(tmp_path / architecture, tokenizer, architecture)), dtype=torch.float32)
+    encoder = QuadrupleEncoder(tokenizer, max_length=96, max_prompt_length=64, top_k_sources=2)
+    examples = list(load_quadruple_dataset(write_jsonl(tmp_path / "varied.jsonl", varied_rows()), encoder).examples)[:6]
+    naive_logps, _, naive_grads = logps_and_gradients(model, tokenizer, examples, **NAIVE)
+    logps, _, grads = logps_and_gradients(model, tokenizer, examples, True, 7, padding_free=True)
+    torch.testing.assert_close(logps, naive_logps, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_sliding_window_shorter_than_the_examples_turns_padding_free_off(tiny_model, native_data, tmp_path):
+    """Packed units attend over their whole prefix; a 4-token window cannot be expressed so."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=4))
+    dataset = load_quadruple_dataset(native_data, QuadrupleEncoder(tokenizer, 48, 24))
+    trainer = WRPOTrainer(model=model, args=config(tmp_path / "out", max_length=48, max_prompt_length=24,
+                                                   top_k_sources=1),
+                          train_dataset=dataset, processing_class=tokenizer)
+    assert trainer.args.padding_free is False and trainer.data_collator.padding_free is False
+    examples = [dataset[i] for i in range(4)]
+    naive, _, _ = logps_and_gradients(model, tokenizer, examples, **NAIVE)
+    fast, _, _ = logps_and_gradients(model, tokenizer, examples, share_prompt=True, chunk_size=7)
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=1e-5)
 
 
 def test_a_model_whose_logits_the_head_cannot_reproduce_falls_back_to_its_own_logits(tiny_model, native_data, tmp_path):
@@ -215,3 +260,30 @@ def test_evaluating_during_training_does_not_change_the_run(tiny_model, tmp_path
         return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
     assert losses() == pytest.approx(losses(eval_strategy="steps", eval_steps=1), abs=1e-6)
+
+
+def test_a_plain_cpu_run_imports_neither_deepspeed_nor_trl(tiny_model, tmp_path):
+    """Both are installed here (the test extras); a run that uses neither must not pay their imports."""
+    data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
+    script = ("import sys; from wrpo.training import WRPOConfig, train; "
+              f"train({str(tiny_model)!r}, {str(data)!r}, WRPOConfig(output_dir={str(tmp_path / 'out')!r}, "
+              "max_steps=1, max_length=96, max_prompt_length=64, report_to='none')); "
+              "print(sorted(name for name in ('deepspeed', 'trl') if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert "DeepSpeed" not in done.stderr and "real_accelerator" not in done.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen FlashAttention kernel needs a GPU")
+def test_padding_free_on_a_gpu_in_bf16_equals_the_naive_log_probs(setting):
+    tokenizer, model, dataset = setting
+    model = model.cuda()
+    examples = [dataset[i] for i in range(6)]
+
+    def logps(**layout):
+        batch = QuadrupleCollator(tokenizer.pad_token_id, **layout)(examples)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return batch_logps(model, {key: value.cuda() for key, value in batch.items()}, 7)[0].float().cpu()
+
+    torch.testing.assert_close(logps(padding_free=True), logps(share_prompt=False, padding_free=False),
+                               atol=0.05, rtol=0.01)

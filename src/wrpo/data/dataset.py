@@ -57,20 +57,25 @@ class QuadrupleCollator:
     b*(K+2) .. b*(K+2)+K+1 = [source_0 .. source_{K-1}, target, rejected], with K the largest number
     of source responses in the batch. A missing source slot is an empty response with weight 0.
 
-    share_prompt: prompts once, left-padded ([B, P]), and responses alone, right-padded ([N, L]).
+    padding_free: one row [1, T] and no padding: each example's prompt once, then its responses, each
+    response positioned right after the prompt (wrpo.training.packing attends it to its own prompt only).
+    Otherwise, share_prompt: prompts once, left-padded ([B, P]), and responses alone, right-padded ([N, L]).
     Otherwise: each row is prompt + response, right-padded ([N, L]), the naive layout.
     """
 
     pad_token_id: int
     source_weighting: str = "uniform"
     share_prompt: bool = True
+    padding_free: bool = True
 
     def __call__(self, examples: list[EncodedQuadruple]) -> dict[str, torch.Tensor]:
         num_sources = max(len(example.source_ids) for example in examples)
         responses = [response for example in examples for response in
                      (*example.source_ids, *[[]] * (num_sources - len(example.source_ids)),
                       example.target_ids, example.rejected_ids)]
-        if self.share_prompt:
+        if self.padding_free:
+            batch = _packed([e.prompt_ids for e in examples], responses)
+        elif self.share_prompt:
             prompt_ids, prompt_mask = self._pad([e.prompt_ids for e in examples], left=True)
             response_ids, response_mask = self._pad(responses)
             batch = {"prompt_ids": prompt_ids,          # [B, P] left-padded
@@ -110,3 +115,42 @@ class QuadrupleCollator:
 
 def _pad_to(values: list[float], length: int) -> list[float]:
     return list(values) + [0.0] * (length - len(values))
+
+
+def _packed(prompts: list[list[int]], responses: list[list[int]]) -> dict[str, torch.Tensor]:
+    """The padding-free layout of B prompts and their N = B * R responses (example-major).
+
+    attention_units [U, 4] tiles the row in order: (prefix_start, prefix_end, start, end) says that tokens
+    start..end-1 attend causally to themselves and fully to prefix_start..prefix_end-1 (their prompt; an
+    empty prefix for the prompt itself). label_positions [M] are the response tokens, predictor_positions
+    [M] the tokens whose logits predict them (a response's first token: its prompt's last),
+    token_response [M] the response each belongs to."""
+    per_prompt = len(responses) // len(prompts)
+    ids: list[int] = []
+    positions: list[int] = []
+    units: list[tuple[int, int, int, int]] = []
+    predictors: list[int] = []
+    labels: list[int] = []
+    owners: list[int] = []
+    for index, prompt in enumerate(prompts):
+        prompt_start = len(ids)
+        ids += prompt
+        positions += range(len(prompt))
+        prompt_end = len(ids)
+        units.append((prompt_start, prompt_start, prompt_start, prompt_end))
+        for response_index in range(index * per_prompt, (index + 1) * per_prompt):
+            response = responses[response_index]
+            start = len(ids)
+            ids += response
+            positions += range(len(prompt), len(prompt) + len(response))
+            units.append((prompt_start, prompt_end, start, len(ids)))
+            predictors += [prompt_end - 1, *range(start, len(ids) - 1)][: len(response)]
+            labels += range(start, len(ids))
+            owners += [response_index] * len(response)
+    return {"packed_ids": torch.tensor([ids]),                    # [1, T]
+            "position_ids": torch.tensor([positions]),            # [1, T]
+            "attention_units": torch.tensor(units),               # [U, 4]
+            "predictor_positions": torch.tensor(predictors, dtype=torch.long),  # [M]
+            "label_positions": torch.tensor(labels, dtype=torch.long),          # [M]
+            "token_response": torch.tensor(owners, dtype=torch.long),           # [M]
+            "response_lengths": torch.tensor([len(r) for r in responses], dtype=torch.float32)}  # [N]

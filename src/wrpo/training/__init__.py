@@ -2,8 +2,8 @@ import os
 
 import torch
 
-# DeepSpeed, which transformers and accelerate import when it is installed, looks for an accelerator
-# and warns when it finds none; on a machine without one, the CPU is what we mean, so say so.
+# DeepSpeed (imported by a DeepSpeed run) looks for an accelerator and warns when it finds none; on a
+# machine without one, the CPU is what we mean, so say so.
 if not torch.cuda.is_available() and not torch.backends.mps.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -80,6 +80,12 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
     precompute_ref_logps: bool = field(default=True, metadata={
         "help": "Compute reference log-probs once before training (cached beside the data) instead of "
                 "running the reference every step; the reference model is then not kept in memory."})
+    padding_free: bool = field(default=True, metadata={
+        "help": "Pack each batch in one row without padding: every prompt once, its responses after it, each "
+                "response attending to its own prompt only (so the prompt is shared whatever share_prompt says)."})
+    reference_batch_size: int | None = field(default=None, metadata={
+        "help": "Examples per batch of the precomputed reference pass (forward only, sorted by length); "
+                "default: 4 x per_device_train_batch_size."})
     share_prompt: bool = field(default=True, metadata={
         "help": "Encode each prompt once and feed its key/value cache to all its responses."})
     logps_chunk_size: int = field(default=1024, metadata={
@@ -114,6 +120,8 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
             (self.max_prompt_length < self.max_length,
              f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"),
             (self.top_k_sources >= 1, f"top_k_sources must be at least 1, got {self.top_k_sources}"),
+            (self.reference_batch_size is None or self.reference_batch_size >= 1,
+             f"reference_batch_size must be at least 1, got {self.reference_batch_size}"),
             (self.lora_r >= 0, f"lora_r must be 0 (no LoRA) or positive, got {self.lora_r}"),
             (self.lora_r > 0 or not self.merge_lora, "merge_lora needs lora_r > 0"),
             (self.lora_r > 0 or not self.load_in_4bit, "load_in_4bit needs lora_r > 0: a 4-bit base cannot train"),
@@ -124,7 +132,10 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
             if not ok:
                 raise ValueError(message)
         super().__post_init__()
-        if self.activation_checkpointing and self.share_prompt:
-            # Activation checkpointing turns the key/value cache off, which the shared prompt needs.
-            logger.warning("activation_checkpointing is on: share_prompt is turned off")
-            self.share_prompt = False
+        if self.reference_batch_size is None:
+            self.reference_batch_size = 4 * self.per_device_train_batch_size
+        if self.activation_checkpointing and (self.share_prompt or self.padding_free):
+            # Activation checkpointing turns the key/value cache off, which the shared prompt needs, and
+            # recomputes each layer in backward, after the packed layout's attention has been switched back.
+            logger.warning("activation_checkpointing is on: share_prompt and padding_free are turned off")
+            self.share_prompt = self.padding_free = False

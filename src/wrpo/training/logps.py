@@ -8,6 +8,8 @@ Fast, each part switchable and tested equal to the naive result:
 - shared prompt (`shared_prompt_logps`): the prompt runs once; its key/value cache, repeated once per
   response, feeds one forward over the responses. The prompt's last logit predicts each response's
   first token. Gradients reach the prompt's activations through the cache.
+- padding-free (`packed_logps`): prompts once and responses after them in one row without padding,
+  each response attending to its own prompt only (wrpo.training.packing); one forward, no pad token.
 - chunked head (chunk_size > 0): the output head runs only on response positions, a chunk of tokens
   at a time, each chunk recomputed in backward (torch.utils.checkpoint) so no [tokens, vocab] float32
   tensor outlives its chunk.
@@ -19,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from wrpo.data.dataset import QuadrupleCollator
 from wrpo.losses import ResponseLogps
+from wrpo.training.packing import attention_by_units
 
 
 def _logit_transform(config):
@@ -114,6 +118,21 @@ def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_m
     return first + _sum_per_row(rest, rows, response_ids.shape[0]), response_mask.sum(dim=-1).float()
 
 
+def packed_logps(model, batch: dict, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed response log-probs [N], response token counts [N]) from the collator's padding_free layout."""
+    with attention_by_units(model):
+        out = model(input_ids=batch["packed_ids"], position_ids=batch["position_ids"], use_cache=False,
+                    attention_units=batch["attention_units"].tolist(), output_hidden_states=chunk_size > 0,
+                    logits_to_keep=1 if chunk_size > 0 else 0)
+    predictors, labels = batch["predictor_positions"], batch["packed_ids"][0, batch["label_positions"]]
+    if chunk_size > 0:
+        token_logps = head_token_logps(model, out.hidden_states[-1][0, predictors], labels, chunk_size)
+    else:
+        token_logps = -F.cross_entropy(out.logits[0, predictors].float(), labels, reduction="none")
+    lengths = batch["response_lengths"]
+    return _sum_per_row(token_logps, batch["token_response"], lengths.shape[0]), lengths
+
+
 def head_reproduces_logits(model, input_ids: torch.Tensor) -> bool:
     """Whether the output head applied to the final hidden states (with the logit post-processing
     wrpo knows) gives the model's own log-probs. Some architectures scale their logits in ways a
@@ -126,8 +145,23 @@ def head_reproduces_logits(model, input_ids: torch.Tensor) -> bool:
     return torch.allclose(ours, own.gather(1, labels[:, None])[:, 0], atol=1e-3, rtol=1e-3)
 
 
+def packing_reproduces_logps(model, examples, pad_token_id: int, device) -> bool:
+    """Whether the padding-free layout gives the padded layout's log-probs on these examples: not for
+    attention the packed units cannot express (a sliding window shorter than the example) or that does
+    not go through transformers' AttentionInterface."""
+    def logps(padding_free: bool) -> torch.Tensor:
+        batch = QuadrupleCollator(pad_token_id, share_prompt=False, padding_free=padding_free)(examples)
+        return batch_logps(model, {key: value.to(device) for key, value in batch.items()})[0]
+
+    with torch.no_grad():
+        return torch.allclose(logps(True), logps(False), atol=1e-3, rtol=1e-3)
+
+
 def batch_logps(model, batch: dict, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatches on the collator's layout: shared prompt (prompt_ids) or full rows (input_ids)."""
+    """Dispatches on the collator's layout: padding-free (packed_ids), shared prompt (prompt_ids) or full
+    rows (input_ids)."""
+    if "packed_ids" in batch:
+        return packed_logps(model, batch, chunk_size)
     if "prompt_ids" in batch:
         return shared_prompt_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                    batch["response_mask"], chunk_size)

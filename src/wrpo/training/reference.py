@@ -47,12 +47,13 @@ def compute_reference_logps(model, examples: list[EncodedQuadruple], collator: Q
                             batch_size: int, device: torch.device, chunk_size: int = 0,
                             autocast=contextlib.nullcontext) -> list[tuple[float, ...]]:
     """Summed log-probs of [sources..., target, rejected] of every example, in batches of similar
-    length (little padding), with a progress bar."""
+    length, with a progress bar. Forward only, in inference mode: no autograd bookkeeping, so batches
+    can be several times training's."""
     order = sorted(range(len(examples)), key=lambda index: examples[index].length)
     results: list[tuple[float, ...] | None] = [None] * len(examples)
     was_training = model.training
     model.eval()
-    with stage_progress("reference log-probs") as progress, torch.no_grad(), autocast():
+    with stage_progress("reference log-probs") as progress, torch.inference_mode(), autocast():
         task = progress.add_task("", total=len(examples))
         for start in range(0, len(order), batch_size):
             indices = order[start: start + batch_size]

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections import defaultdict
 
+import accelerate.utils.other
 import torch
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled, is_fsdp_enabled
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
-from trl.trainer.utils import disable_dropout_in_model
 
 from wrpo.data.dataset import QuadrupleCollator, QuadrupleDataset, load_quadruple_dataset
 from wrpo.data.tokenize import QuadrupleEncoder
@@ -30,12 +31,17 @@ from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import console, is_main_process
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import WRPOConfig
-from wrpo.training.logps import batch_logps, head_reproduces_logits, split_responses
+from wrpo.training.logps import batch_logps, head_reproduces_logits, packing_reproduces_logps, split_responses
 from wrpo.training.policy import is_peft_model, load_policy, with_lora
 from wrpo.training.reference import with_reference_logps
 from wrpo.training.schedules import alpha_at
 
 logger = logging.get_logger(__name__)
+
+# accelerate's unwrap_model, which Trainer calls when it starts and saves, imports DeepSpeed whenever it is
+# installed, to ask whether the model is a DeepSpeedEngine: a second of imports, memory and a banner in
+# every run. A model can only be a DeepSpeedEngine once DeepSpeed has been imported (a DeepSpeed run does).
+accelerate.utils.other.is_deepspeed_available = lambda: "deepspeed" in sys.modules
 
 
 @contextlib.contextmanager
@@ -51,6 +57,14 @@ def whole_weights(model):
 
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         yield
+
+
+def disable_dropout(model) -> None:
+    """TRL's disable_dropout_in_model, here because importing trl for it would load trl (and all it
+    imports) into every WRPO run."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def encoded_quadruples(data, name: str, tokenizer, args: WRPOConfig) -> QuadrupleDataset:
@@ -107,7 +121,8 @@ class WRPOTrainer(Trainer):
         pad_id = processing_class.pad_token_id
         if pad_id is None:
             pad_id = processing_class.eos_token_id or 0
-        collator = data_collator or QuadrupleCollator(pad_id, args.source_weighting, args.share_prompt)
+        collator = data_collator or QuadrupleCollator(pad_id, args.source_weighting, args.share_prompt,
+                                                      args.padding_free)
         needs_reference = args.loss not in REFERENCE_FREE
         # A LoRA policy is its own reference with the adapters disabled: no copy needed.
         self.reference_is_disabled_adapters = (needs_reference and ref_model is None
@@ -137,7 +152,7 @@ class WRPOTrainer(Trainer):
             self.model.to(self.args.device)
         if args.disable_dropout:
             # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
-            disable_dropout_in_model(self.model)
+            disable_dropout(self.model)
         if args.logps_chunk_size > 0 and is_deepspeed_zero3_enabled():
             # The chunked head reads the output weight directly, outside the module call through which
             # ZeRO-3 gathers it (and gathers gradients back): the model's own logits are used instead.
@@ -148,6 +163,10 @@ class WRPOTrainer(Trainer):
                                          device=self.args.device)):
             logger.warning("the chunked output head does not reproduce this model's logits: logps_chunk_size set to 0")
             self.args.logps_chunk_size = 0
+        if args.padding_free and train_dataset and not self._packing_reproduces_logps(train_dataset[0], pad_id):
+            logger.warning("this model's attention does not take the padding-free layout (a sliding window, or "
+                           "attention outside transformers' AttentionInterface): padding_free set to false")
+            self.args.padding_free = self.data_collator.padding_free = False
         self.ref_model = None
         if needs_reference and args.precompute_ref_logps:
             # Before any checkpoint is loaded, the policy is the starting model: it serves as the
@@ -161,9 +180,13 @@ class WRPOTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._eval_prefix = "eval"
 
+    def _packing_reproduces_logps(self, example, pad_id: int) -> bool:
+        with whole_weights(self.model):
+            return packing_reproduces_logps(self.model, [example], pad_id, self.args.device)
+
     def _attach_reference_logps(self, reference) -> None:
         def attach(dataset):
-            return with_reference_logps(dataset, reference, self.data_collator, self.args.per_device_eval_batch_size,
+            return with_reference_logps(dataset, reference, self.data_collator, self.args.reference_batch_size,
                                         self.args.device, self.args.logps_chunk_size,
                                         self.args.reference_cache_dir, autocast=self.accelerator.autocast,
                                         precision=f"bf16={self.args.bf16} fp16={self.args.fp16}")
