@@ -140,7 +140,7 @@ def responses_in_order(examples):
 def test_naive_layout_rows_are_prompt_plus_response_with_a_response_mask(tiny_model, tmp_path):
     tokenizer = load_tokenizer(str(tiny_model))
     examples = collator_examples(tokenizer, tmp_path)
-    batch = QuadrupleCollator(tokenizer.pad_token_id, "score", share_prompt=False)(list(examples))
+    batch = QuadrupleCollator(tokenizer.pad_token_id, "score", share_prompt=False, padding_free=False)(list(examples))
     assert batch["input_ids"].shape[0] == 2 * (2 + 2)
     expected_weights = torch.tensor([torch.softmax(torch.tensor([1.0, 0.0]), 0).tolist(), [1.0, 0.0]])
     torch.testing.assert_close(batch["source_weights"], expected_weights)
@@ -156,7 +156,7 @@ def test_naive_layout_rows_are_prompt_plus_response_with_a_response_mask(tiny_mo
 def test_shared_prompt_layout_left_pads_prompts_once_and_right_pads_responses(tiny_model, tmp_path):
     tokenizer = load_tokenizer(str(tiny_model))
     examples = collator_examples(tokenizer, tmp_path)
-    batch = QuadrupleCollator(tokenizer.pad_token_id, "score", share_prompt=True)(list(examples))
+    batch = QuadrupleCollator(tokenizer.pad_token_id, "score", share_prompt=True, padding_free=False)(list(examples))
     width = max(len(e.prompt_ids) for e in examples)
     for row, example in enumerate(examples):
         assert batch["prompt_ids"][row, width - len(example.prompt_ids):].tolist() == example.prompt_ids
@@ -165,6 +165,33 @@ def test_shared_prompt_layout_left_pads_prompts_once_and_right_pads_responses(ti
         assert batch["response_ids"][row, : len(response)].tolist() == response
         assert batch["response_mask"][row].sum().item() == len(response)
     assert batch["response_mask"][5].sum() == 0  # the second example has one source: slot 1 is empty
+    assert "reference_logps" not in batch
+
+
+def test_padding_free_layout_packs_each_prompt_once_then_its_responses_without_a_pad(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples = collator_examples(tokenizer, tmp_path)
+    batch = QuadrupleCollator(tokenizer.pad_token_id, "score")(list(examples))
+    responses = responses_in_order(examples)
+    expected_ids, expected_positions = [], []
+    for index, example in enumerate(examples):
+        expected_ids += example.prompt_ids + sum(responses[4 * index: 4 * index + 4], [])
+        expected_positions += list(range(len(example.prompt_ids)))
+        for response in responses[4 * index: 4 * index + 4]:
+            expected_positions += list(range(len(example.prompt_ids), len(example.prompt_ids) + len(response)))
+    assert batch["packed_ids"][0].tolist() == expected_ids and batch["position_ids"][0].tolist() == expected_positions
+    units = batch["attention_units"].tolist()
+    ends = [unit[3] for unit in units]
+    assert [unit[2:] for unit in units] == [list(bounds) for bounds in zip([0, *ends[:-1]], ends, strict=True)]
+    first_prompt, second_prompt = units[0], units[5]
+    assert [unit[:2] for unit in units[1:5]] == [first_prompt[2:]] * 4 and units[9][:2] == second_prompt[2:]
+    assert batch["response_lengths"].tolist() == [len(response) for response in responses]
+    # Every response token is predicted by the token before it, its first by its prompt's last token.
+    labels, predictors = batch["label_positions"].tolist(), batch["predictor_positions"].tolist()
+    assert labels[0] == units[1][2] and predictors[0] == first_prompt[3] - 1
+    first_response = len(responses[0])
+    assert all(predictor == label - 1
+               for label, predictor in zip(labels[1:first_response], predictors[1:first_response], strict=True))
     assert "reference_logps" not in batch
 
 
