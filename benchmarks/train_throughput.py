@@ -1,7 +1,7 @@
 """Training throughput, peak memory and model-FLOP utilisation over a grid of workload shapes: wrpo's
 trainer against a naive WRPO trainer and TRL's DPOTrainer.
 
-    python benchmarks/train_throughput.py [--points all] [--repeats 3] [--examples 64] [--batch-size 8]
+    python benchmarks/train_throughput.py [--points all] [--runners ...] [--repeats 3] [--examples 64] [--batch-size 8]
 
 Each grid point is a Llama-architecture model (4 layers; width 256 or 512; vocabulary 8k, 32k or 128k)
 and synthetic quadruples: prompts of 20-80 words, responses of 30-150 words (short) or 150-400 (long),
@@ -85,7 +85,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_peak_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+def matmul_peak_gflops(size: int = 2048, seconds: float = 3.0) -> float:
     """The best fp32 matmul rate of several timed windows, on every thread torch uses."""
     import torch
 
@@ -251,6 +251,10 @@ def summarise(runs: list[dict], batch_size: int, flops: float, peak_gflops: floa
 
 
 def table(grid: dict[str, dict[str, dict]]) -> str:
+    """Markdown rows per point and runner; ratios against that point's naive and fastest TRL runs. MFU is
+    taken against the best matmul peak any run measured: a peak measured while another process held a core
+    reads low, and the machine's peak is what the trainers could have had."""
+    best_peak = max(row["matmul_peak_gflops"] for rows in grid.values() for row in rows.values())
     lines = ["| point | trainer | whole/s | steady/s | peak MB | MFU | whole vs naive | whole vs best TRL | "
              "memory vs naive |", "|---|---|---|---|---|---|---|---|---|"]
     for point, rows in grid.items():
@@ -259,8 +263,9 @@ def table(grid: dict[str, dict[str, dict]]) -> str:
             vs_naive = f"{row['whole_per_s'] / rows['naive']['whole_per_s']:.2f}x" if "naive" in rows else "-"
             vs_trl = f"{row['whole_per_s'] / max(trl):.2f}x" if trl else "-"
             memory = f"{row['peak_mb'] / rows['naive']['peak_mb']:.2f}x" if "naive" in rows else "-"
+            mfu = row["mfu"] * row["matmul_peak_gflops"] / best_peak
             lines.append(f"| {point} | {runner} | {row['whole_per_s']:.2f} | {row['steady_per_s']:.2f} | "
-                         f"{row['peak_mb']:.0f} | {row['mfu']:.0%} | {vs_naive} | {vs_trl} | {memory} |")
+                         f"{row['peak_mb']:.0f} | {mfu:.0%} | {vs_naive} | {vs_trl} | {memory} |")
     return "\n".join(lines)
 
 
@@ -284,31 +289,34 @@ def main() -> None:
 
     points = list(POINTS) if args.points == "all" else args.points.split(",")
     runners = args.runners.split(",")
-    peak = matmul_peak_gflops()
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
-    raw: dict[str, dict[str, list[dict]]] = {}
-    grid: dict[str, dict[str, dict]] = {}
+    # Runs add to the output file point by point and runner by runner, so a long grid can be run in parts.
+    saved = json.loads(args.output.read_text()) if args.output.exists() else {"points": {}}
     for name in points:
         point = POINTS[name]
-        raw[name] = {runner: [] for runner in runners}
+        raw: dict[str, list[dict]] = {runner: [] for runner in runners}
+        peak = matmul_peak_gflops()
+        print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
         with tempfile.TemporaryDirectory() as folder:
             work = Path(folder)
             build(work, point, args.examples, args.seed)
             for repeat in range(args.repeats):
                 for runner in runners:
                     run = measure(runner, work, args.batch_size)
-                    raw[name][runner].append(run)
+                    raw[runner].append(run)
                     print(f"{name} repeat {repeat + 1}/{args.repeats} {runner}: whole {run['whole_s']:.1f} s, "
                           f"phases (MB, s) {run['phases']}", flush=True)
-            responses = {runner: ("chosen_source", "rejected") if runner.startswith("trl")
-                         else ("chosen_source", "chosen_target", "rejected") for runner in runners}
-            grid[name] = {runner: summarise(raw[name][runner], args.batch_size,
-                                            epoch_flops(work, point, responses[runner]), peak) for runner in runners}
-    text = table(grid)
-    print(text)
-    args.output.write_text(json.dumps({"settings": {key: str(value) for key, value in vars(args).items()},
-                                       "matmul_peak_gflops": peak, "points": {n: asdict(POINTS[n]) for n in points},
-                                       "summary": grid, "runs": raw, "table": text}, indent=1) + "\n")
+            entry = saved["points"].setdefault(name, {"shape": asdict(point), "summary": {}, "runs": {}})
+            for runner in runners:
+                responses = ("chosen_source", "rejected") if runner.startswith("trl") else (
+                    "chosen_source", "chosen_target", "rejected")
+                entry["summary"][runner] = summarise(raw[runner], args.batch_size,
+                                                     epoch_flops(work, point, responses), peak) | {
+                    "matmul_peak_gflops": peak, "repeats": args.repeats, "examples": args.examples,
+                    "batch_size": args.batch_size}
+                entry["runs"][runner] = raw[runner]
+        saved["table"] = table({name: entry["summary"] for name, entry in saved["points"].items()})
+        args.output.write_text(json.dumps(saved, indent=1) + "\n")
+    print(saved["table"])
 
 
 if __name__ == "__main__":
