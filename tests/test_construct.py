@@ -46,3 +46,38 @@ def test_build_pairs_takes_best_and_worst_target_samples_and_drops_ties(tmp_path
     assert q.source_scores == [0.9, 0.5]
     assert summary.dropped == {"prompts whose target samples all score the same": 1,
                                "prompts with fewer than 2 target samples": 1}
+
+
+def source_prompts(path, responses_per_prompt):
+    """Preference prompts as `build sft` writes them: every source response of a prompt, best first."""
+    return write_jsonl(path, [
+        {"prompt_id": pid, "prompt": f"reverse {pid}", "source_responses": sorted(
+            [{"model": model, "text": f"{model}-{pid}-{score}", "score": score} for model, score in responses],
+            key=lambda response: -response["score"])}
+        for pid, responses in responses_per_prompt.items()])
+
+
+def test_same_source_pairs_take_one_sources_best_and_worst_within_the_reward_gap_window(tmp_path):
+    pref = source_prompts(tmp_path / "pref.jsonl", {
+        # a's gap 0.05 is in the window; b has the best response but a gap of 0.3: a's pair is kept.
+        "p1": [("a", 0.80), ("a", 0.75), ("b", 0.90), ("b", 0.60)],
+        # both in the window: the source whose best response is higher (b).
+        "p2": [("a", 0.50), ("a", 0.45), ("b", 0.70), ("b", 0.62)],
+        # gaps 0.005 and 0.5, and c has one response: no pair.
+        "p3": [("a", 0.5), ("a", 0.495), ("b", 0.9), ("b", 0.4), ("c", 0.99)],
+    })
+    target = write_jsonl(tmp_path / "t.jsonl", scored_rows("t", {"p1": [0.2, 0.7], "p2": [0.1, 0.3]}))
+    summary = build_pairs(pref, [target], tmp_path / "q.jsonl", same_source=True)
+    rows = {row["prompt_id"]: row for row in read(tmp_path / "q.jsonl")}
+    assert set(rows) == {"p1", "p2"}
+    assert (rows["p1"]["chosen_source"], rows["p1"]["rejected"]) == (["a-p1-0.8"], "a-p1-0.75")
+    assert (rows["p2"]["chosen_source"], rows["p2"]["rejected"]) == (["b-p2-0.7"], "b-p2-0.62")
+    assert rows["p1"]["chosen_target"] == "t-p1-1"  # y_wt stays target-sft's best sample
+    assert rows["p2"]["meta"]["rejected_model"] == "b" and rows["p2"]["meta"]["pairing"] == "same-source"
+    assert summary.dropped == {"prompts without a source whose best-worst reward gap lies in [0.01, 0.1]": 1}
+    # Without target samples y_wt is y_ws, and a wider window keeps p3 (b's gap 0.5).
+    build_pairs(pref, [], tmp_path / "q2.jsonl", same_source=True, min_reward_gap=0.01, max_reward_gap=0.6)
+    rows = {row["prompt_id"]: row for row in read(tmp_path / "q2.jsonl")}
+    assert (rows["p3"]["chosen_source"], rows["p3"]["rejected"]) == (["b-p3-0.9"], "b-p3-0.4")
+    assert all(row["chosen_target"] == row["chosen_source"][0] for row in rows.values())
+    assert [q.prompt_id for _, q in iter_quadruples(tmp_path / "q2.jsonl")] == ["p1", "p2", "p3"]

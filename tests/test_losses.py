@@ -83,6 +83,38 @@ def lengths(batch=6, seed=1):
     return [torch.randint(1, 40, (batch,), generator=generator).double() for _ in range(3)]
 
 
+def plain_ln_dpo(ps, pt, pr, rs, rt, rr, ls, lt, lr, alpha, beta, eps):
+    """FuseChat-3.0's length-normalised DPO with WRPO's fused chosen reward, written out."""
+    z = beta * (alpha * (ps - rs) / ls + (1 - alpha) * (pt - rt) / lt - (pr - rr) / lr)
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_length_normalised_dpo_form_matches_plain_reference_values_and_gradients(alpha, label_smoothing):
+    ps, pt, pr, rs, rt, rr = random_logps(requires_grad=True)
+    ls, lt, lr = lengths()
+    batch = PreferenceLogps(policy=ResponseLogps(ps, pt, pr), reference=ResponseLogps(rs, rt, rr),
+                            lengths=ResponseLogps(ls, lt, lr))
+    ours = LOSSES["ln_dpo"](batch, LossSettings(alpha=alpha, beta=10.0, label_smoothing=label_smoothing)).losses
+    reference_inputs = [t.detach().clone().requires_grad_() for t in (ps, pt, pr, rs, rt, rr)]
+    reference = plain_ln_dpo(*reference_inputs, ls, lt, lr, alpha, 10.0, label_smoothing)
+    torch.testing.assert_close(ours, reference)
+    ours.sum().backward()
+    reference.sum().backward()
+    for mine, theirs in zip((ps, pt, pr), reference_inputs[:3], strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+def test_length_normalised_dpo_on_equal_lengths_is_dpo_with_beta_over_the_length():
+    logps = random_logps()
+    same = torch.full((6,), 8.0, dtype=torch.float64)
+    batch = PreferenceLogps(policy=ResponseLogps(*logps[:3]), reference=ResponseLogps(*logps[3:]),
+                            lengths=ResponseLogps(same, same, same))
+    torch.testing.assert_close(LOSSES["ln_dpo"](batch, LossSettings(alpha=0.3, beta=8.0)).losses,
+                               wrpo_loss(*logps, alpha=0.3, beta=1.0))
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
 def test_simpo_form_matches_plain_reference_values_and_gradients(alpha):
     ps, pt, pr, _, _, _ = random_logps(requires_grad=True)

@@ -86,10 +86,10 @@ def test_an_explicit_reference_model_is_used(tiny_model, tiny_model_without_temp
     assert read_metrics(tmp_path / "out")[0]["rewards/rejected"] != 0
 
 
-@pytest.mark.parametrize("loss", ["simpo", "ipo"])
+@pytest.mark.parametrize("loss", ["simpo", "ipo", "ln_dpo"])
 def test_other_forms_train(tiny_model, native_data, tmp_path, loss):
     train(str(tiny_model), native_data,
-          config(tmp_path / loss, loss=loss, max_steps=3, beta=2.0 if loss == "simpo" else 0.1))
+          config(tmp_path / loss, loss=loss, max_steps=3, beta={"simpo": 2.0, "ipo": 0.1, "ln_dpo": 10.0}[loss]))
     metrics = read_metrics(tmp_path / loss)
     assert len(metrics) == 3 and all(m["loss"] == m["loss"] for m in metrics)  # no NaN
     assert metrics[-1]["loss"] < metrics[0]["loss"]

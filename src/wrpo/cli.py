@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from wrpo.data.construct import PairSettings
 from wrpo.errors import InputError
 from wrpo.flags import model_flags, parse_flag_value
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
@@ -234,18 +235,29 @@ def build_sft_command(
     console.print(build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed))
 
 
+PAIR_FLAGS = model_flags(PairSettings, skip=("target_samples",))
+
+
 @build_app.command("pairs")
+@_with_flags(PAIR_FLAGS)
 def build_pairs_command(
     preference_prompts: Path = typer.Option(..., help="The preference prompts of wrpo build sft."),
-    target_scores: list[Path] = typer.Option(..., help="Scored samples of target-sft on those prompts."),
+    target_scores: list[Path] = typer.Option(None, help="Scored samples of target-sft on those prompts (optional "
+                                                        "with --same-source: y_wt is then y_ws)."),
     output: Path = typer.Option(..., help="Quadruples for wrpo train."),
-    top_k_sources: int = typer.Option(1, help="Source responses kept per prompt, best first."),
+    **settings,
 ):
-    """Join the best source responses with target-sft's best and worst samples into quadruples."""
+    """Join the best source responses with target-sft's best and worst samples into quadruples (or, with
+    --same-source, FuseChat-3.0's best and worst responses of one source)."""
     from wrpo.data.construct import build_pairs
     from wrpo.progress import console
 
-    console.print(build_pairs(preference_prompts, target_scores, output, top_k_sources=top_k_sources))
+    given = {flag.field: settings[flag.name] for flag in PAIR_FLAGS if settings[flag.name] is not None}
+    pairs = validated(PairSettings, {**given, "target_samples": bool(target_scores)}, as_flags=True)
+    if not target_scores and not pairs.same_source:
+        raise InputError("--target-scores is required (without it, only --same-source pairs can be built)")
+    console.print(build_pairs(preference_prompts, target_scores or [], output,
+                              **pairs.model_dump(exclude={"target_samples"})))
 
 
 @app.command()
@@ -275,6 +287,27 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
         typer.echo(f"error: {failure}", err=True)
         raise typer.Exit(1) from None
     typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
+
+
+@app.command()
+def ablate(recipe: Path = typer.Argument(..., help="Recipe YAML with an ablation: section (its held-out prompts)."),
+           seeds: str = typer.Option(None, help="Training seeds, comma-separated [the recipe's ablation.seeds]."),
+           variants: str = typer.Option(None, help="Variants, comma-separated [all]: wrpo, dpo, hybrid, "
+                                                   "constant-alpha, linear-alpha, sft-continued, rft, sources-K "
+                                                   "(K < the sources).")):
+    """Train the paper's comparisons from the recipe's target-sft and quadruples, judge them on held-out
+    prompts, and report mean ± std over seeds, paired differences from WRPO and losses below the start."""
+    from wrpo.ablation import ablate as run_ablation
+    from wrpo.ablation.report import show
+
+    try:
+        chosen_seeds = [int(seed) for seed in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
+    result = run_ablation(recipe, chosen_seeds, names)
+    show(result.report)
+    typer.echo(f"report: {result.folder / 'report.md'}")
 
 
 @app.command()

@@ -1,7 +1,21 @@
-from wrpo.data.dataset import QuadrupleCollator, QuadrupleDataset, load_quadruple_dataset
-from wrpo.data.records import InMemoryRows, Quadruple, iter_quadruples, parse_quadruple, read_rows, row_sources
-from wrpo.data.tokenize import EncodedQuadruple, QuadrupleEncoder, TruncationReport
+"""Training data: quadruple records, their tokenisation and the collator, and the pipeline's data construction.
 
-__all__ = ["EncodedQuadruple", "InMemoryRows", "Quadruple", "QuadrupleCollator", "QuadrupleDataset", "QuadrupleEncoder",
-           "TruncationReport", "iter_quadruples", "load_quadruple_dataset", "parse_quadruple", "read_rows",
-           "row_sources"]
+The names below are imported when first used (PEP 562): the dataset and tokenizer modules import torch,
+which the command line must not pay for when it only reads a settings class of this package."""
+
+import importlib
+
+_EXPORTS = {
+    "QuadrupleCollator": "dataset", "QuadrupleDataset": "dataset", "load_quadruple_dataset": "dataset",
+    "InMemoryRows": "records", "Quadruple": "records", "iter_quadruples": "records", "parse_quadruple": "records",
+    "read_rows": "records", "row_sources": "records",
+    "EncodedQuadruple": "tokenize", "QuadrupleEncoder": "tokenize", "TruncationReport": "tokenize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"wrpo.data.{_EXPORTS[name]}"), name)

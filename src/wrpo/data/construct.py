@@ -6,6 +6,8 @@ SFT and preference learning, and join the target's own samples into quadruples.
                  response, best first, for --top-k-sources later).
     build_pairs: for each preference prompt, y_wt = the target's best sample and y_l its worst;
                  prompts whose samples all score the same carry no preference and are dropped.
+                 With same_source (FuseChat-3.0's pairs), y_ws and y_l are instead the best and the
+                 worst response of one source model, kept when their reward gap lies in a window.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Group
 from rich.table import Table
 
@@ -139,35 +142,108 @@ def read_preference_prompts(path: str | Path) -> list[tuple[int, dict]]:
     return rows
 
 
+class PairSettings(BaseModel):
+    """How `build pairs` makes quadruples: a recipe's `pairs:` section and the command's flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_k_sources: int = Field(default=1, ge=1, description="Source responses kept per prompt, best first.")
+    same_source: bool = Field(default=False, description=(
+        "FuseChat-3.0's pairs: y_ws and y_l are the best and worst response of one source model (the one "
+        "with the best response among those whose reward gap lies in the window); y_wt stays target-sft's best."))
+    min_reward_gap: float = Field(default=0.01, ge=0, description="same_source: smallest best-worst reward gap kept.")
+    max_reward_gap: float = Field(default=0.1, ge=0, description="same_source: largest best-worst reward gap kept.")
+    target_samples: bool = Field(default=True, description=(
+        "Sample target-sft for y_wt; same_source only: false samples no target and sets y_wt = y_ws, so the "
+        "loss is plain DPO on the source's pair whatever alpha is (FuseChat-3.0's own setup)."))
+
+    @model_validator(mode="after")
+    def consistent(self) -> PairSettings:
+        if self.min_reward_gap > self.max_reward_gap:
+            raise ValueError(f"min_reward_gap ({self.min_reward_gap}) is above max_reward_gap ({self.max_reward_gap})")
+        if self.same_source and self.top_k_sources > 1:
+            raise ValueError("same_source pairs hold one source response (y_ws): top_k_sources must be 1")
+        if not self.target_samples and not self.same_source:
+            raise ValueError("target_samples: false needs same_source: true (y_wt is then y_ws); WRPO's own "
+                             "pairs take y_wt and y_l from target-sft's samples")
+        return self
+
+
+def same_source_pair(candidates: list[dict], low: float, high: float) -> tuple[dict, dict] | None:
+    """(best, worst) response of the source whose best scores highest among the sources with at least
+    two responses and a best-worst gap in [low, high]; None when no source qualifies."""
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for candidate in candidates:  # best first, so each model's list is too
+        by_model[candidate["model"]].append(candidate)
+    pairs = [(own[0], own[-1]) for own in by_model.values()
+             if len(own) > 1 and low <= own[0]["score"] - own[-1]["score"] <= high]
+    return max(pairs, key=lambda pair: pair[0]["score"], default=None)
+
+
 def build_pairs(preference_prompts: str | Path, target_scored: Sequence[str | Path], output: str | Path, *,
-                top_k_sources: int = 1) -> BuildSummary:
+                top_k_sources: int = 1, same_source: bool = False, min_reward_gap: float = 0.01,
+                max_reward_gap: float = 0.1) -> BuildSummary:
+    """Quadruples from the preference prompts and target-sft's scored samples; with same_source and no
+    target samples (`target_scored` empty), y_wt is y_ws."""
     if top_k_sources < 1:
         raise InputError(f"top_k_sources must be at least 1, got {top_k_sources}")
     target = read_scored(target_scored)
-    summary = BuildSummary("target samples; y_wt = the best, y_l = the worst of a prompt's",
-                           wins_label="y_ws of the quadruples comes from")
+    if same_source:
+        title = (f"source pairs of one model, reward gap in [{min_reward_gap:g}, {max_reward_gap:g}]; "
+                 + ("y_wt = target-sft's best sample" if target_scored else "y_wt = y_ws (no target samples)"))
+    else:
+        title = "target samples; y_wt = the best, y_l = the worst of a prompt's"
+    summary = BuildSummary(title, wins_label="y_ws of the quadruples comes from")
     dropped = Counter()
     quadruples = []
     for _, row in read_preference_prompts(preference_prompts):
-        sources = row["source_responses"][:top_k_sources]
         _, samples = target.get(str(row["prompt_id"]), (None, []))
         summary.record(samples)
-        if len(samples) < 2:
-            dropped["prompts with fewer than 2 target samples"] += 1
-            continue
-        best = max(samples, key=lambda c: c.score)
-        worst = min(samples, key=lambda c: c.score)
-        if best.score == worst.score:
-            dropped["prompts whose target samples all score the same"] += 1
-            continue
-        summary.wins[sources[0]["model"]] += 1
-        quadruples.append({
-            "prompt_id": row["prompt_id"], "prompt": row["prompt"],
-            "chosen_source": [s["text"] for s in sources], "chosen_target": best.text, "rejected": worst.text,
-            "meta": {"source_models": [s["model"] for s in sources], "source_scores": [s["score"] for s in sources],
-                     "target_model": best.model, "chosen_target_score": best.score, "rejected_score": worst.score},
-        })
+        if same_source:
+            quadruple = _same_source_quadruple(row, samples, bool(target_scored), min_reward_gap, max_reward_gap,
+                                               dropped)
+        else:
+            quadruple = _target_quadruple(row, samples, top_k_sources, dropped)
+        if quadruple is not None:
+            summary.wins[quadruple["meta"]["source_models"][0]] += 1
+            quadruples.append(quadruple)
     write_jsonl_atomically(output, quadruples)
     summary.rows_written = {"quadruples": len(quadruples)}
     summary.dropped = dict(dropped)
     return summary
+
+
+def _target_quadruple(row: dict, samples: list[Candidate], top_k_sources: int, dropped: Counter) -> dict | None:
+    sources = row["source_responses"][:top_k_sources]
+    if len(samples) < 2:
+        dropped["prompts with fewer than 2 target samples"] += 1
+        return None
+    best = max(samples, key=lambda c: c.score)
+    worst = min(samples, key=lambda c: c.score)
+    if best.score == worst.score:
+        dropped["prompts whose target samples all score the same"] += 1
+        return None
+    return {"prompt_id": row["prompt_id"], "prompt": row["prompt"],
+            "chosen_source": [s["text"] for s in sources], "chosen_target": best.text, "rejected": worst.text,
+            "meta": {"source_models": [s["model"] for s in sources], "source_scores": [s["score"] for s in sources],
+                     "target_model": best.model, "chosen_target_score": best.score, "rejected_score": worst.score}}
+
+
+def _same_source_quadruple(row: dict, samples: list[Candidate], with_target: bool, low: float, high: float,
+                           dropped: Counter) -> dict | None:
+    pair = same_source_pair(row["source_responses"], low, high)
+    if pair is None:
+        dropped[f"prompts without a source whose best-worst reward gap lies in [{low:g}, {high:g}]"] += 1
+        return None
+    chosen, rejected = pair
+    if with_target and not samples:
+        dropped["prompts without a target sample"] += 1
+        return None
+    target = max(samples, key=lambda c: c.score) if with_target else Candidate(chosen["model"], chosen["text"],
+                                                                               chosen["score"])
+    return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "chosen_source": [chosen["text"]],
+            "chosen_target": target.text, "rejected": rejected["text"],
+            "meta": {"source_models": [chosen["model"]], "source_scores": [chosen["score"]],
+                     "target_model": target.model, "chosen_target_score": target.score,
+                     "rejected_model": rejected["model"], "rejected_score": rejected["score"],
+                     "pairing": "same-source"}}

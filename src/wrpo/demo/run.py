@@ -6,17 +6,14 @@ its input. The real pipeline runs on them through a recipe (`wrpo run`): sample,
 task reward, build, SFT, sample target-sft, score, build pairs, WRPO. Every model is then judged on
 held-out prompts by the same reward, and DIR/report.md, report.json and PNG plots are written.
 
-With --ablation the pipeline runs for three seeds, and from each seed's target-sft the comparisons
-of the paper are trained on the same quadruples: DPO (alpha 0), WRPO with constant alpha, alpha
-fixed at 1, continued SFT (same steps) on y_ws and on the better of y_ws and y_wt, and WRPO whose y_ws
-come from 1 or 2 of the three sources (only the preference stage is restricted: target-sft learnt
-from all three).
+With --ablation, `wrpo ablate` runs on the demo's recipe: the paper's comparisons (wrpo.ablation.variants)
+trained from its target-sft on its quadruples with three training seeds, judged on the held-out prompts;
+the demo adds its style figures (tics, content) to that report.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import statistics
 from dataclasses import dataclass
@@ -25,7 +22,9 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from wrpo.data.construct import build_pairs, read_preference_prompts
+from wrpo.ablation import ablate
+from wrpo.ablation.report import flags as ablation_flags
+from wrpo.ablation.report import show as show_ablation
 from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
@@ -35,10 +34,7 @@ from wrpo.evaluation.plots import per_category_bars, reward_distributions, train
 from wrpo.files import write_text_atomically
 from wrpo.generation.settings import GREEDY
 from wrpo.pipeline.layout import Workdir
-from wrpo.pipeline.local import LocalExecutor
-from wrpo.pipeline.recipe import StageResources
-from wrpo.pipeline.run import run_recipe, run_stages
-from wrpo.pipeline.stages import training_stage
+from wrpo.pipeline.run import run_recipe
 from wrpo.progress import console
 
 JUDGE = "wrpo.demo.tasks:reward"
@@ -101,7 +97,8 @@ def heldout_rows(count: int, seed: int, training: set[str]) -> list[dict]:
     return rows
 
 
-def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, size: DemoSize) -> dict:
+def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, size: DemoSize,
+                eval_prompts: Path, ablation_seeds: tuple[int, ...]) -> dict:
     return {
         "workdir": str(workdir), "prompts": str(prompts),
         "sources": [{"name": model.name, "model": str(zoo[model.name])} for model in SOURCES],
@@ -111,72 +108,27 @@ def demo_recipe(zoo: dict[str, Path], seed: int, prompts: Path, workdir: Path, s
         "split": {"sft_fraction": 1 / 3, "seed": seed},
         "sft": {**SFT_SETTINGS, "max_steps": size.sft_steps, "seed": seed},
         "wrpo": {**WRPO_SETTINGS, "num_train_epochs": size.wrpo_epochs, "seed": seed},
+        "ablation": {"eval_prompts": str(eval_prompts.resolve()), "seeds": list(ablation_seeds),
+                     "max_new_tokens": EVAL_SETTINGS.max_new_tokens, "batch_size": 128},
     }
 
 
-def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSize) -> Workdir:
-    """The recipe of one seed, run (or resumed) in output_dir/run-seed{seed}; returns its workdir."""
+def run_pipeline(output_dir: Path, zoo: dict[str, Path], seed: int, size: DemoSize, eval_prompts: Path,
+                 ablation_seeds: tuple[int, ...]) -> Path:
+    """The recipe of one seed, run (or resumed) in output_dir/run-seed{seed}; returns the recipe file."""
     run_dir = (output_dir / f"run-seed{seed}").resolve()  # the recipe reads relative paths from its own folder
     run_dir.mkdir(parents=True, exist_ok=True)
     prompts = write_jsonl_atomically(run_dir / "prompts.jsonl", prompt_rows(size.prompts, list(TASKS), seed, "train"))
     recipe = run_dir / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(demo_recipe(zoo, seed, prompts, run_dir / "work", size), sort_keys=False))
+    recipe.write_text(yaml.safe_dump(demo_recipe(zoo, seed, prompts, run_dir / "work", size, eval_prompts,
+                                                 ablation_seeds), sort_keys=False))
     run_recipe(recipe)
-    return Workdir(run_dir / "work")
+    return recipe
 
 
 def evaluate(models: dict[str, Path], eval_prompts: Path, output_dir: Path) -> dict[str, ModelResult]:
     return {label: evaluate_model(label, str(folder), eval_prompts, JUDGE, output_dir, EVAL_SETTINGS, batch_size=128)
             for label, folder in models.items()}
-
-
-def ablation_variants(work: Workdir, seed: int, size: DemoSize) -> dict[str, Path]:
-    """Trains the paper's comparisons from this seed's target-sft; returns label -> model folder."""
-    target_sft, quadruples, preference = work.target_sft, work.quadruples, work.preference_prompts
-    variants_dir = work.root / "ablation"
-    steps = math.ceil(math.ceil(sum(1 for _ in quadruples.open()) / WRPO_SETTINGS["per_device_train_batch_size"])
-                      * size.wrpo_epochs)
-    settings = {**WRPO_SETTINGS, "num_train_epochs": size.wrpo_epochs, "seed": seed}
-    runs = {
-        "target-sft-dpo": ({"alpha": 0.0, "alpha_schedule": "constant"}, quadruples),
-        "wrpo-constant-alpha": ({"alpha_schedule": "constant"}, quadruples),
-        "wrpo-alpha-1": ({"alpha": 1.0, "alpha_schedule": "constant"}, quadruples),
-    }
-    # The scaling question, for the preference stage only: target-sft (shared) learnt from all sources.
-    for count in (1, 2):
-        kept = {model.name for model in SOURCES[:count]}
-        subset_prompts = write_jsonl_atomically(variants_dir / f"preference-{count}-sources.jsonl", [
-            {**row, "source_responses": [s for s in row["source_responses"] if s["model"] in kept]}
-            for _, row in read_preference_prompts(preference)])
-        subset = variants_dir / f"quadruples-{count}-sources.jsonl"
-        build_pairs(subset_prompts, [work.target_scores], subset)
-        runs[f"wrpo-y_ws-from-{count}-source{'s' if count > 1 else ''}"] = ({}, subset)
-    def variant(label: str, kind: str, data: Path, settings: dict):
-        return training_stage(f"ablation/{label}", kind, str(target_sft), data, variants_dir / label, settings, 0,
-                              "cpu", StageResources(), work)
-
-    stages = [variant(label, "wrpo", data, {**settings, **overrides}) for label, (overrides, data) in runs.items()]
-
-    # The sceptic's baselines: plain SFT continued, with the SFT stage's settings, for as many steps of
-    # the same batch size as WRPO takes; on the preference prompts' y_ws, and (rejection-sampling SFT)
-    # on whichever of y_ws and y_wt the reward scored higher in each quadruple.
-    sft_settings = {**SFT_SETTINGS, "seed": seed, "max_steps": steps,
-                    "per_device_train_batch_size": WRPO_SETTINGS["per_device_train_batch_size"]}
-    sft_data = {
-        "target-sft-sft": [{"prompt_id": row["prompt_id"], "prompt": row["prompt"],
-                            "response": row["source_responses"][0]["text"]}
-                           for _, row in read_preference_prompts(preference)],
-        "target-sft-rft": [{"prompt_id": row["prompt_id"], "prompt": row["prompt"],
-                            "response": row["chosen_target"] if row["meta"]["chosen_target_score"]
-                            > row["meta"]["source_scores"][0] else row["chosen_source"][0]}
-                           for _, row in read_rows(quadruples)],
-    }
-    for label, data in sft_data.items():
-        rows = write_jsonl_atomically(variants_dir / f"{label}.jsonl", data)
-        stages.append(variant(label, "sft", rows, sft_settings))
-    # The pipeline's own runner: a variant is retrained exactly when its start, data or settings change.
-    run_stages(stages, work, LocalExecutor())
-    return {stage.name.split("/", 1)[1]: stage.outputs[0] for stage in stages}
 
 
 def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: str | Path | None = None,
@@ -185,14 +137,15 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     zoo = build_zoo(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrpo", steps=size.zoo_steps)
-    # Held out from the training prompts of every seed this demo may run, with or without --ablation,
-    # so the plain run and the ablation are judged on the same prompts.
+    # Held out from the training prompts of this seed and of the ablation's seeds (the prompts the
+    # ablation was judged on when it ran the pipeline once per seed: kept, so the README's figures hold).
     training = {row["prompt"] for s in {seed, *ablation_seeds}
                 for row in prompt_rows(size.prompts, list(TASKS), s, "train")}
     eval_prompts = write_jsonl_atomically(output_dir / "eval_prompts.jsonl",
                                           heldout_rows(size.eval_prompts, 10_000 + seed, training))
 
-    work = run_pipeline(output_dir, zoo, seed, size)
+    recipe = run_pipeline(output_dir, zoo, seed, size, eval_prompts, ablation_seeds)
+    work = Workdir(recipe.parent / "work")
     models = {**{f"source/{m.name}": zoo[m.name] for m in SOURCES}, "target": zoo[TARGET.name],
               "target-sft": work.target_sft, "target-sft-wrpo": work.target_wrpo}
     results = evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}")
@@ -211,46 +164,22 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
                     output_dir / "training.png")
 
     if ablation:
-        report["ablation"] = run_ablation(output_dir, zoo, eval_prompts, size, ablation_seeds)
+        report["ablation"] = run_ablation(recipe, prompt_texts(eval_prompts), output_dir)
     write_text_atomically(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomically(output_dir / "report.md", render_report(report))
     return report
 
 
-def run_ablation(output_dir: Path, zoo: dict[str, Path], eval_prompts: Path, size: DemoSize,
-                 seeds: tuple[int, ...]) -> dict:
-    per_seed: dict[str, list[ModelResult]] = {}
-    curves = {}
-    for seed in seeds:
-        work = run_pipeline(output_dir, zoo, seed, size)
-        models = {"target-sft": work.target_sft, "target-sft-wrpo": work.target_wrpo,
-                  **ablation_variants(work, seed, size)}
-        for label, result in evaluate(models, eval_prompts, output_dir / "eval" / f"seed{seed}").items():
-            per_seed.setdefault(label, []).append(result)
-        if seed == seeds[0]:
-            curves = {label: folder / "metrics.jsonl" for label, folder in models.items()
-                      if label.startswith(("target-sft-wrpo", "target-sft-dpo", "wrpo-"))}
-    summary = {}
-    prompts = prompt_texts(eval_prompts)
-    for label, results in per_seed.items():
-        means = [r.mean_reward for r in results]
-        tasks = results[0].per_category
-        style = [style_metrics(r, prompts) for r in results]
-        summary[label] = {
-            "mean_reward": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
-            "per_seed": means, **{name: statistics.fmean(m[name] for m in style) for name in style[0]},
-            "content_per_seed": [m["content_reward"] for m in style],
-            "per_category": {t: statistics.fmean(r.per_category[t] for r in results) for t in tasks},
-            "per_category_std": {t: statistics.stdev([r.per_category[t] for r in results]) if len(results) > 1 else 0.0
-                                 for t in tasks},
-        }
-    per_category_bars({label: {**s["per_category"], "mean": s["mean_reward"]} for label, s in summary.items()},
-                      output_dir / "ablation_per_task_reward.png",
-                      f"ablation: held-out reward, mean over seeds {', '.join(map(str, seeds))}",
-                      errors={label: {**s["per_category_std"], "mean": s["std"]} for label, s in summary.items()},
-                      ylabel=REWARD_AXIS)
-    training_curves(curves, output_dir / "ablation_training.png")
-    return {"seeds": list(seeds), "models": summary}
+def run_ablation(recipe: Path, prompts: dict[str, str], output_dir: Path) -> dict:
+    """`wrpo ablate` on the demo's recipe, its report with the demo's style figures added per variant."""
+    result = ablate(recipe)
+    report = result.report
+    for name, per_seed in result.variants.items():
+        style = [style_metrics(per_seed[seed], prompts) for seed in sorted(per_seed)]
+        report["variants"][name].update({"tic_share": statistics.fmean(m["tic_share"] for m in style),
+                                         "content_reward": statistics.fmean(m["content_reward"] for m in style),
+                                         "content_per_seed": [m["content_reward"] for m in style]})
+    return {**report, "folder": result.folder.relative_to(output_dir.resolve()).as_posix()}
 
 
 def render_report(report: dict) -> str:
@@ -273,16 +202,24 @@ def render_report(report: dict) -> str:
     lines += ["", "![per-task reward](per_task_reward.png)", "", "![win rates](win_rates.png)", "",
               "![rewards](rewards.png)", "", "![training](training.png)", ""]
     if "ablation" in report:
-        ablation = report["ablation"]
-        lines += [f"## Ablation (seeds {', '.join(map(str, ablation['seeds']))}, mean ± std)", "",
-                  "| model | mean reward | tics | content | " + " | ".join(report["tasks"]) + " |",
-                  "|---|---|---|---|" + "---|" * len(report["tasks"])]
-        for label, values in ablation["models"].items():
-            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {values['tic_share']:.2f} | "
-                         f"{values['content_reward']:.3f} | "
+        ablation, folder = report["ablation"], report["ablation"]["folder"]
+        lines += [f"## Ablation (`wrpo ablate`, training seeds {', '.join(map(str, ablation['seeds']))}, "
+                  "mean ± std)", "",
+                  f"Every variant from this seed's target-sft on its quadruples; full report: [{folder}/report.md]"
+                  f"({folder}/report.md). Δ vs wrpo: paired per-prompt difference, 95% bootstrap interval; "
+                  "↓T / ↓S: below the target / target-sft.", "",
+                  "| variant | mean reward | Δ vs wrpo | tics | content | " + " | ".join(report["tasks"]) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(report["tasks"])]
+        for label, values in ablation["variants"].items():
+            difference = values.get("vs_wrpo")
+            delta = (f"{difference['mean']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]"
+                     if difference else "reference")
+            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {delta} | "
+                         f"{values['tic_share']:.2f} | {values['content_reward']:.3f} | "
                          + " | ".join(f"{values['per_category'][t]:.3f}" for t in report["tasks"]) + " |")
-        lines += ["", "![ablation](ablation_per_task_reward.png)", "",
-                  "![ablation training](ablation_training.png)", ""]
+        lines += ["", *(f"- {line}" for line in ablation_flags(ablation)), "",
+                  f"![ablation]({folder}/ablation_per_category.png)", "",
+                  f"![differences]({folder}/ablation_differences.png)", ""]
     return "\n".join(lines)
 
 
@@ -298,6 +235,6 @@ def show(report: dict) -> None:
     for name, value in report["win_rates"].items():
         console.print(f"{name}: {value['win_rate']:.3f} (95% CI {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})")
     if "ablation" in report:
-        for label, values in report["ablation"]["models"].items():
-            console.print(f"ablation {label}: {values['mean_reward']:.3f} ± {values['std']:.3f} "
-                          f"(tics {values['tic_share']:.2f}, content {values['content_reward']:.3f})")
+        show_ablation(report["ablation"])
+        for label, values in report["ablation"]["variants"].items():
+            console.print(f"ablation {label}: tics {values['tic_share']:.2f}, content {values['content_reward']:.3f}")

@@ -75,15 +75,20 @@ def outcomes(model: dict[str, float], baseline: dict[str, float], tolerance: flo
             for p in sorted(set(model) & set(baseline))}
 
 
+def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (resampled with replacement)."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
 def win_rate(model: dict[str, float], baseline: dict[str, float], resamples: int = 2000, seed: int = 0) -> WinRate:
     results = list(outcomes(model, baseline).values())
     if not results:
         raise ValueError("the two models share no judged prompt")
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(results, k=len(results))) for _ in range(resamples))
-    return WinRate(rate=statistics.fmean(results), low=means[int(0.025 * resamples)],
-                   high=means[int(0.975 * resamples) - 1], wins=results.count(1.0), ties=results.count(0.5),
-                   losses=results.count(0.0))
+    low, high = bootstrap_interval(results, resamples, seed)
+    return WinRate(rate=statistics.fmean(results), low=low, high=high, wins=results.count(1.0),
+                   ties=results.count(0.5), losses=results.count(0.0))
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def per_category_bars(per_category: dict[str, dict[str, float]], path: str | Path, title: str,
-                      errors: dict[str, dict[str, float]] | None = None, ylabel: str = "mean reward") -> Path:
+                      errors: dict[str, dict[str, float]] | None = None, ylabel: str = "mean reward",
+                      flagged: dict[str, set[str]] | None = None) -> Path:
     """Grouped bars: one group per category (plus "mean"), one bar per model. The y range is the
-    data's: a reward model's scores need not lie in 0-1."""
+    data's: a reward model's scores need not lie in 0-1. Bars of `flagged` (model -> categories) are
+    hatched with a red edge, to be seen at a glance."""
     labels = list(per_category)
     categories = list(dict.fromkeys(c for values in per_category.values() for c in values))  # first-seen order
     figure, axes = plt.subplots(figsize=(max(7, 1.6 * len(categories) + 2), 4.5))
@@ -23,7 +25,11 @@ def per_category_bars(per_category: dict[str, dict[str, float]], path: str | Pat
         positions = [c + (index - (len(labels) - 1) / 2) * width for c in range(len(categories))]
         heights = [per_category[label].get(category, 0.0) for category in categories]
         spread = [errors[label].get(category, 0.0) for category in categories] if errors else None
-        axes.bar(positions, heights, width, label=label, yerr=spread, capsize=2 if spread else 0)
+        bars = axes.bar(positions, heights, width, label=label, yerr=spread, capsize=2 if spread else 0)
+        for bar, category in zip(bars, categories, strict=True):
+            if category in (flagged or {}).get(label, ()):
+                bar.set_hatch("//")
+                bar.set_edgecolor("red")
     axes.set_xticks(range(len(categories)), categories)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
@@ -49,6 +55,27 @@ def training_curves(metrics_files: dict[str, str | Path], path: str | Path,
         axis.set_xlabel("optimizer step")
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def paired_differences(differences: dict[str, tuple[float, float, float]], path: str | Path, title: str,
+                       xlabel: str) -> Path:
+    """One row per model: its mean difference from a reference (label -> (mean, low, high)) with the
+    interval, and a line at 0; red where the interval lies below 0."""
+    labels = list(differences)
+    figure, axes = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.5))
+    for row, label in enumerate(labels):
+        mean, low, high = differences[label]
+        axes.errorbar(mean, row, xerr=[[mean - low], [high - mean]], fmt="o", capsize=4,
+                      color="red" if high < 0 else "black")
+    axes.axvline(0, color="grey", linestyle="--", linewidth=1)
+    axes.set_yticks(range(len(labels)), labels)
+    axes.invert_yaxis()
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

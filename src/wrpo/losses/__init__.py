@@ -16,12 +16,14 @@ from wrpo.losses.common import (
 )
 from wrpo.losses.dpo import dpo_form, wrpo_loss
 from wrpo.losses.ipo import ipo_form
+from wrpo.losses.ln_dpo import ln_dpo_form
 from wrpo.losses.simpo import simpo_form
 
 LOSSES: dict[str, Callable[[PreferenceLogps, LossSettings], LossOutput]] = {
     "dpo": dpo_form,
     "simpo": simpo_form,
     "ipo": ipo_form,
+    "ln_dpo": ln_dpo_form,
 }
 
 # Forms that never look at a reference model, so none is loaded or run for them.

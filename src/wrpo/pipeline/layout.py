@@ -51,6 +51,17 @@ class Workdir:
         """The model a training section of the recipe (sft, wrpo) makes."""
         return {"sft": self.target_sft, "wrpo": self.target_wrpo}[section]
 
+    # `wrpo ablate`: its data, one model per variant and seed, the evaluation and the report.
+    @property
+    def ablation(self) -> Path:
+        return self.root / "ablation"
+
+    def ablation_data(self, name: str) -> Path:
+        return self.ablation / "data" / f"{name}.jsonl"
+
+    def ablation_model(self, variant: str, seed: int) -> Path:
+        return self.ablation / "models" / f"seed{seed}" / variant
+
     # Bookkeeping: per stage a log, a manifest (the fingerprint it ran with), its settings file, and the
     # parts of a sharded output before they are merged.
     def log(self, stage: str) -> Path:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from wrpo.data.construct import PairSettings
 from wrpo.errors import InputError
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.pipeline.layout import Workdir
@@ -55,8 +56,17 @@ class SplitSpec(Strict):
     seed: int = 42
 
 
-class PairsSpec(Strict):
-    top_k_sources: int = Field(default=1, ge=1)
+class AblationSpec(Strict):
+    """`wrpo ablate`: the paper's comparisons trained from the recipe's target-sft and quadruples."""
+
+    eval_prompts: Path = Field(description=(
+        "Held-out prompts the variants are judged on (with 'category' for per-category figures); none may be a "
+        "training prompt. Relative to the recipe."))
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Training seeds of every variant.")
+    variants: list[str] | None = Field(default=None, description="Variants to train [all]; see `wrpo ablate --help`.")
+    max_new_tokens: int | None = Field(default=None, ge=1, description=(
+        "Longest greedy answer in the evaluation [sampling.max_new_tokens]."))
+    batch_size: int = Field(default=16, ge=1, description="Prompts per answering batch, responses per judging batch.")
 
 
 # sbatch options as `key: value` (time: "24:00:00", partition: gpu, mem: 200G, ...), written --key=value.
@@ -111,10 +121,11 @@ class Recipe(Strict):
     target_sampling: SamplingSettings | None = Field(default=None,
                                                      description="Sampling of target-sft; default: sampling.")
     split: SplitSpec = SplitSpec()
-    pairs: PairsSpec = PairsSpec()
+    pairs: PairSettings = PairSettings()
     sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields (or `wrpo sft` flag names).")
     wrpo: dict[str, Any] = Field(default_factory=dict, description="WRPOConfig fields (or `wrpo train` flag names).")
     resources: Resources = Resources()
+    ablation: AblationSpec | None = None
 
     @property
     def layout(self) -> Workdir:
@@ -146,6 +157,8 @@ def load_recipe(path: str | Path) -> Recipe:
         "target": recipe.target.model_copy(update={"model": local(recipe.target.model)}),
         "reward": recipe.reward.model_copy(update={"model": local(recipe.reward.model)}),
         "resources": resolved_resources(recipe, path, node),
+        "ablation": recipe.ablation and recipe.ablation.model_copy(update={
+            "eval_prompts": base / recipe.ablation.eval_prompts}),
     })
     return recipe.model_copy(update={section: training_settings(recipe, section, path, node)
                                      for section in TRAINING_SECTIONS})

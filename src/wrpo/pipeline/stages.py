@@ -112,17 +112,27 @@ def plan(recipe: Recipe) -> list[Stage]:
                          [str(p) for p in source_scores], split.model_dump(),
                          [layout.sft_data, layout.preference_prompts]))
     stages.append(training(recipe, "sft", recipe.target.model, layout.sft_data))
-    stages += [sampling(recipe.target, str(layout.target_sft), layout.preference_prompts, layout.target_samples,
-                        recipe.target_sampling or recipe.sampling),
-               scoring(layout.target_samples, layout.target_scores)]
+    pairs = recipe.pairs
+    target_scores = [layout.target_scores] if pairs.target_samples else []
+    if pairs.target_samples:
+        stages += [sampling(recipe.target, str(layout.target_sft), layout.preference_prompts, layout.target_samples,
+                            recipe.target_sampling or recipe.sampling),
+                   scoring(layout.target_samples, layout.target_scores)]
     stages.append(single("build-pairs", ("wrpo", "build", "pairs", "--preference-prompts",
-                                         str(layout.preference_prompts), "--target-scores", str(layout.target_scores),
+                                         str(layout.preference_prompts),
+                                         *(flag for path in target_scores for flag in ("--target-scores", str(path))),
                                          "--output", str(layout.quadruples),
-                                         "--top-k-sources", str(recipe.pairs.top_k_sources)),
-                         [str(layout.preference_prompts), str(layout.target_scores)], recipe.pairs.model_dump(),
+                                         *as_flags(pairs, only=PAIR_FLAGS)),
+                         [str(layout.preference_prompts), *map(str, target_scores)],
+                         # The defaults left out: a recipe without FuseChat's options keeps its fingerprint.
+                         {"top_k_sources": pairs.top_k_sources, **pairs.model_dump(exclude_defaults=True)},
                          [layout.quadruples]))
     stages.append(training(recipe, "wrpo", str(layout.target_sft), layout.quadruples))
     return stages
+
+
+# The PairSettings that `wrpo build pairs` takes as flags (target_samples decides which stages run).
+PAIR_FLAGS = ("top_k_sources", "same_source", "min_reward_gap", "max_reward_gap")
 
 
 def training(recipe: Recipe, section: str, model: str, data: Path) -> Stage:

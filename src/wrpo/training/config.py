@@ -65,7 +65,8 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
         "help": "alpha_max: the final weight of the source response in the fused chosen reward."})
     alpha_schedule: str = field(default="linear", metadata={
         "help": "linear: alpha ramps 0 -> alpha_max over the run's optimizer steps; constant: alpha_max throughout."})
-    loss: str = field(default="dpo", metadata={"help": "Objective form: dpo, simpo or ipo."})
+    loss: str = field(default="dpo", metadata={
+        "help": "Objective form: dpo, simpo, ipo, or ln_dpo (length-normalised DPO, FuseChat-3.0's; beta about 10)."})
     gamma: float = field(default=0.5, metadata={"help": "Target reward margin of the simpo form."})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "Probability that a preference is flipped (dpo and simpo forms), in [0, 0.5)."})

@@ -1,0 +1,5 @@
+"""`wrpo ablate`: the paper's comparisons, trained from a recipe's target-sft and quadruples and judged."""
+
+from wrpo.ablation.run import AblationResult, ablate
+
+__all__ = ["AblationResult", "ablate"]
