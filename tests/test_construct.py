@@ -2,6 +2,7 @@
 
 from conftest import read, write_jsonl
 from wrpo.data.construct import build_pairs, build_sft, in_sft_split
+from wrpo.data.prompts import read_prompts
 from wrpo.data.records import iter_quadruples
 
 
@@ -30,6 +31,14 @@ def test_build_sft_picks_the_best_response_over_all_sources_and_splits_stably(tm
     # The split is a function of the id and seed alone: other data, same ids, same split.
     build_sft([b], tmp_path / "sft2.jsonl", tmp_path / "pref2.jsonl", sft_fraction=1 / 3, seed=7)
     assert {r["prompt_id"] for r in read(tmp_path / "sft2.jsonl")} == {r["prompt_id"] for r in sft_rows}
+
+
+def test_preference_prompts_keep_the_prompt_rows_fields_for_the_target_scorer(tmp_path):
+    rows = scored_rows("a", {f"p{i}": [0.5] for i in range(6)})
+    scored = write_jsonl(tmp_path / "a.jsonl", [{**row, "meta": {"answer": row["prompt_id"]}} for row in rows])
+    build_sft([scored], tmp_path / "sft.jsonl", tmp_path / "pref.jsonl", sft_fraction=0, seed=7)
+    prompts = read_prompts(tmp_path / "pref.jsonl")
+    assert len(prompts) == 6 and all(row.meta["answer"] == row.prompt_id for row in prompts)
 
 
 def test_build_pairs_takes_best_and_worst_target_samples_and_drops_ties(tmp_path):

@@ -121,7 +121,9 @@ def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_o
             sft_rows.append({"prompt_id": prompt_id, "prompt": row["prompt"], "response": best.text,
                              "meta": {"source_model": best.model, "score": best.score}})
         else:
-            preference_rows.append({"prompt_id": prompt_id, "prompt": row["prompt"],
+            # The prompt row's other fields go along: the target is sampled from this file, and a
+            # verifiable scorer reads its gold answer or tests from them.
+            preference_rows.append({**row.get("meta", {}), "prompt_id": prompt_id, "prompt": row["prompt"],
                                     "source_responses": [vars(c) for c in ranked]})
     write_jsonl_atomically(sft_output, sft_rows)
     write_jsonl_atomically(preference_output, preference_rows)

@@ -60,7 +60,7 @@ def check_eval_arguments(models: dict[str, str], baseline: tuple[str, str], prom
         problems.check(check_model_location, path)
     rows = problems.check(read_prompts, prompts)
     if rows:
-        problems.check(check_scorer, judge, rows[0].prompt, trust_remote_code)
+        problems.check(check_scorer, judge, rows[0].prompt, trust_remote_code, rows[0].meta)
     unknown = [name for name in exports if name not in FORMATS]
     if unknown:
         problems.add(f"--export knows {', '.join(FORMATS)}, not {', '.join(unknown)}")

@@ -23,7 +23,8 @@ def check_recipe_inputs(recipe: Recipe) -> None:
     for spec in [*recipe.sources, recipe.target]:
         problems.check(_check_model, spec, rows[0].prompt if rows else None)
     if rows:
-        problems.check(check_scorer, recipe.reward.scorer, rows[0].prompt, recipe.reward.trust_remote_code)
+        problems.check(check_scorer, recipe.reward.scorer, rows[0].prompt, recipe.reward.trust_remote_code,
+                       rows[0].meta)
     problems.raise_if_any()
 
 

@@ -82,8 +82,9 @@ def _score_batch(batch: list[tuple[Path, int, dict]], score_rows) -> list[dict] 
     """The batch's rows with scores, or None when the scorer failed somewhere in it."""
     prompts = [row["prompt"] for _, _, row in batch for _ in row["responses"]]
     texts = [text for _, _, row in batch for text in row["responses"]]
+    metas = [_meta(row) for _, _, row in batch for _ in row["responses"]]
     try:
-        scores = score_rows(prompts, texts)
+        scores = score_rows(prompts, texts, metas)
     except Exception:  # noqa: BLE001 -- the caller retries row by row to name the failing row
         return None
     if len(scores) != len(texts) or not all(_finite(s) for s in scores):
@@ -97,7 +98,8 @@ def _score_batch(batch: list[tuple[Path, int, dict]], score_rows) -> list[dict] 
 
 def _score_row(path, line: int, row: dict, score_rows) -> dict:
     try:
-        scores = score_rows([row["prompt"]] * len(row["responses"]), row["responses"])
+        count = len(row["responses"])
+        scores = score_rows([row["prompt"]] * count, row["responses"], [_meta(row)] * count)
     except Exception as error:  # noqa: BLE001 -- a user's scorer may raise anything; name the row
         raise InputError(f"scorer {score_rows.name} failed on prompt {row['prompt_id']!r} "
                          f"({type(error).__name__}: {error})", path, line) from None
@@ -109,6 +111,11 @@ def _score_row(path, line: int, row: dict, score_rows) -> dict:
             raise InputError(f"scorer {score_rows.name} returned {value!r} for response {index} of prompt "
                              f"{row['prompt_id']!r}", path, line)
     return {**row, "scores": [float(s) for s in scores]}
+
+
+def _meta(row: dict) -> dict:
+    """The prompt row's other fields, which `wrpo sample` carries in "meta" (a verifiable scorer's gold)."""
+    return row.get("meta") or {}
 
 
 def _finite(value) -> bool:

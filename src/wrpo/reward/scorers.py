@@ -1,7 +1,10 @@
 """Reward scorers: a Hugging Face reward model, or a Python function for verifiable tasks.
 
-A scorer maps a batch of (prompt, response) pairs to one float each.
-- "pkg.module:function": function(prompt, response) -> float, imported as is.
+A scorer maps a batch of (prompt, response) pairs to one float each; it is also handed each
+sampled row's "meta" (the prompt row's other fields), which only a Python scorer may use.
+- "pkg.module:function": function(prompt, response) -> float, imported as is; a function that also
+  takes `meta` is called function(prompt, response, meta=the row's meta, {} when it has none): that
+  is where a verifiable scorer (wrpo.reward.verifiable) finds its gold answer or tests.
 - a model folder (or Hub id): AutoModelForSequenceClassification, its own tokenizer and chat template;
   the reward is the output's `.score` where the model returns one (ArmoRM) and logit 0 otherwise.
   Custom model code runs only with trust_remote_code.
@@ -10,6 +13,7 @@ A scorer maps a batch of (prompt, response) pairs to one float each.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,11 +35,23 @@ class FunctionScorer:
         function = getattr(module, attribute, None)
         if not callable(function):
             raise InputError(f"module {module_name} has no function {attribute!r}", spec)
-        self.function: Callable[[Prompt, str], float] = function
+        self.function: Callable[..., float] = function
+        self.takes_meta = _has_parameter(function, "meta")
         self.name = spec
 
-    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
-        return [self.function(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
+    def __call__(self, prompts: list[Prompt], responses: list[str], metas: list[dict] | None = None) -> list[float]:
+        if not self.takes_meta:
+            return [self.function(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
+        metas = metas if metas is not None else [{}] * len(prompts)
+        return [self.function(prompt, response, meta=meta)
+                for prompt, response, meta in zip(prompts, responses, metas, strict=True)]
+
+
+def _has_parameter(function: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # some builtins have no signature: they take (prompt, response)
+        return False
 
 
 class RewardModelScorer:
@@ -59,7 +75,7 @@ class RewardModelScorer:
         self.tokenizer.padding_side = "right"
         self.name = Path(model_dir).name
 
-    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
+    def __call__(self, prompts: list[Prompt], responses: list[str], metas: list[dict] | None = None) -> list[float]:
         texts = [self._render(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         with torch.no_grad():
@@ -84,16 +100,17 @@ def load_scorer(spec: str, trust_remote_code: bool = False, device: str | None =
     return RewardModelScorer(spec, trust_remote_code=trust_remote_code, device=device)
 
 
-def check_scorer(spec: str, prompt: Prompt, trust_remote_code: bool = False) -> None:
+def check_scorer(spec: str, prompt: Prompt, trust_remote_code: bool = False, meta: dict | None = None) -> None:
     """What can be known of a scorer before hours of sampling: a Python scorer imports and returns a
-    finite number for one (prompt, response); a reward model's folder, config and tokenizer load.
+    finite number for one (prompt, response), given the prompt row's `meta` (so a verifiable scorer
+    finds, or says it misses, its gold field); a reward model's folder, config and tokenizer load.
     Raises InputError naming the scorer."""
     import math
 
     if not Path(spec).exists() and ":" in spec:
         scorer = FunctionScorer(spec)
         try:
-            value = scorer([prompt], ["a response"])[0]
+            value = scorer([prompt], ["a response"], [meta or {}])[0]
         except Exception as error:  # noqa: BLE001 -- a user's scorer may raise anything; name it
             raise InputError(f"the scorer fails on a test response ({type(error).__name__}: {error})", spec) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
