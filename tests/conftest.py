@@ -12,6 +12,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from slurm_cluster import slurm_cluster, slurm_env  # noqa: E402, F401  (fixtures of the slurm tier)
+from wrpo.demo.run import DemoSize, run_demo  # noqa: E402
 from wrpo.demo.tiny import (  # noqa: E402
     build_bpe_tokenizer,
     build_char_tokenizer,
@@ -102,3 +103,19 @@ def zoo(tmp_path_factory):
         "gpt2-bpe": save_tiny_model(root / "gpt2-bpe", build_bpe_tokenizer(corpus, 300), "gpt2", seed=2),
         "qwen2-bpe": save_tiny_model(root / "qwen2-bpe", build_bpe_tokenizer(corpus, 280), "qwen2", seed=3),
     }
+
+
+
+# `wrpo demo` at a size a test can run: 60 training prompts, 16 held out, a few steps of everything.
+SMALL_DEMO = DemoSize(prompts=60, eval_prompts=16, zoo_steps=30, sft_steps=10, wrpo_epochs=1)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """The demo at SMALL_DEMO, run once from a folder of its own with a relative output (as `make demo`
+    gives it): (that folder, its output, the report). The ablation tests start from its recipe."""
+    root = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        report = run_demo(Path("demo"), seed=0, cache_dir=root / "cache", size=SMALL_DEMO)
+    return root, root / "demo", report

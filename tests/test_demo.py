@@ -1,16 +1,14 @@
 """`wrpo demo` end to end at a small size: the zoo, the recipe run, the evaluation, report and plots."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from wrpo.demo.run import DemoSize, run_demo, style_metrics
+from conftest import SMALL_DEMO
+from wrpo.demo.run import run_demo, style_metrics
 from wrpo.demo.tasks import TASKS, answer, reward
 from wrpo.demo.zoo import SOURCES, TARGET, TIC_RATE, styled_answer, training_rows
 from wrpo.evaluation.compare import ModelResult, win_rate
-
-SMALL = DemoSize(prompts=60, eval_prompts=16, zoo_steps=30, sft_steps=10, wrpo_epochs=1)
 
 
 def test_task_answers_and_the_positional_reward():
@@ -52,10 +50,8 @@ def test_win_rate_counts_ties_half_and_brackets_the_rate():
 
 
 @pytest.mark.slow
-def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    output = Path("demo")  # relative, as `make demo` gives it
-    report = run_demo(output, seed=0, cache_dir=tmp_path / "cache", ablation=True, size=SMALL, ablation_seeds=(0, 1))
+def test_the_demo_runs_the_pipeline_and_writes_its_report(small_demo):
+    root, output, report = small_demo
     saved = json.loads((output / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     labels = {"target", "target-sft", "target-sft-wrpo", *(f"source/{m.name}" for m in SOURCES)}
@@ -64,19 +60,32 @@ def test_the_demo_runs_the_pipeline_and_writes_its_report(tmp_path, monkeypatch)
         assert 0 <= values["mean_reward"] <= values["content_reward"] <= 1 and 0 <= values["tic_share"] <= 1
         assert set(values["per_category"]) == set(TASKS)
     assert set(saved["win_rates"]) == {"target-sft-wrpo vs target", "target-sft-wrpo vs target-sft"}
-    ablation = saved["ablation"]["models"]
-    assert {"target-sft-dpo", "wrpo-constant-alpha", "wrpo-alpha-1", "target-sft-sft", "target-sft-rft",
-            "wrpo-y_ws-from-1-source", "wrpo-y_ws-from-2-sources", "target-sft-wrpo", "target-sft"} <= set(ablation)
-    training = {json.loads(line)["prompt"] for s in (0, 1)
-                for line in (output / f"run-seed{s}" / "prompts.jsonl").open()}
+    training = {json.loads(line)["prompt"] for line in (output / "run-seed0" / "prompts.jsonl").open()}
     held_out = [json.loads(line)["prompt"] for line in (output / "eval_prompts.jsonl").open()]
-    assert len(set(held_out)) == len(held_out) == SMALL.eval_prompts and not training & set(held_out)
-    assert all(len(values["per_seed"]) == 2 for values in ablation.values())
-    for picture in ("per_task_reward.png", "training.png", "win_rates.png", "rewards.png",
-                    "ablation_per_task_reward.png", "ablation_training.png"):
+    assert len(set(held_out)) == len(held_out) == SMALL_DEMO.eval_prompts and not training & set(held_out)
+    for picture in ("per_task_reward.png", "training.png", "win_rates.png", "rewards.png"):
         assert (output / picture).read_bytes()[:4] == b"\x89PNG"
     assert "| target-sft-wrpo vs target-sft |" in (output / "report.md").read_text()
     # The zoo is saved like real checkpoints, and a second run finds everything done.
-    assert (tmp_path / "cache" / "zoo-v3-30steps" / TARGET.name / "tokenizer.json").exists()
-    again = run_demo(output, seed=0, cache_dir=tmp_path / "cache", size=SMALL)
+    assert (root / "cache" / "zoo-v3-30steps" / TARGET.name / "tokenizer.json").exists()
+    again = run_demo(output, seed=0, cache_dir=root / "cache", size=SMALL_DEMO)
     assert again["models"] == saved["models"]
+
+
+@pytest.mark.slow
+def test_the_demos_ablation_is_wrpo_ablate_on_its_recipe_with_its_style_figures(small_demo):
+    root, output, _ = small_demo
+    report = run_demo(output, seed=0, cache_dir=root / "cache", ablation=True, size=SMALL_DEMO,
+                      ablation_seeds=(0, 1))
+    ablation = report["ablation"]
+    own = json.loads((output / ablation["folder"] / "report.json").read_text())  # what wrpo ablate wrote
+    assert set(ablation["variants"]) == set(own["variants"]) == {
+        "wrpo", "dpo", "hybrid", "constant-alpha", "linear-alpha", "sft-continued", "rft", "sources-1", "sources-2"}
+    for name, values in ablation["variants"].items():
+        assert values["seeds"] == [0, 1] and len(values["content_per_seed"]) == 2
+        assert values["mean_reward"] == own["variants"][name]["mean_reward"]
+        assert 0 <= values["tic_share"] <= 1 and values["mean_reward"] <= values["content_reward"]
+    assert ablation["variants"]["linear-alpha"]["same_as"] == "wrpo"  # the demo ramps alpha: one run, not two
+    text = (output / "report.md").read_text()
+    assert "## Ablation (`wrpo ablate`" in text and "| sources-1 |" in text
+    assert (output / ablation["folder"] / "ablation_per_category.png").read_bytes()[:4] == b"\x89PNG"

@@ -24,8 +24,11 @@ def per_category_bars(per_category: dict[str, dict[str, float]], path: str | Pat
     for index, label in enumerate(labels):
         positions = [c + (index - (len(labels) - 1) / 2) * width for c in range(len(categories))]
         heights = [per_category[label].get(category, 0.0) for category in categories]
-        spread = [errors[label].get(category, 0.0) for category in categories] if errors else None
-        bars = axes.bar(positions, heights, width, label=label, yerr=spread, capsize=2 if spread else 0)
+        spread = [errors.get(label, {}).get(category, 0.0) for category in categories] if errors else None
+        # Past ten models matplotlib's default colours repeat: tab20 keeps every bar's colour its own.
+        colour = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")(index)
+        bars = axes.bar(positions, heights, width, label=label, yerr=spread, capsize=2 if spread else 0,
+                        color=colour)
         for bar, category in zip(bars, categories, strict=True):
             if category in (flagged or {}).get(label, ()):
                 bar.set_hatch("//")
