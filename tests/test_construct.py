@@ -90,3 +90,22 @@ def test_same_source_pairs_take_one_sources_best_and_worst_within_the_reward_gap
     assert (rows["p3"]["chosen_source"], rows["p3"]["rejected"]) == (["b-p3-0.9"], "b-p3-0.4")
     assert all(row["chosen_target"] == row["chosen_source"][0] for row in rows.values())
     assert [q.prompt_id for _, q in iter_quadruples(tmp_path / "q2.jsonl")] == ["p1", "p2", "p3"]
+
+
+def test_build_pairs_command_takes_same_source_flags_and_needs_target_scores_otherwise(tmp_path):
+    from typer.testing import CliRunner
+
+    from wrpo.cli import app
+
+    pref = source_prompts(tmp_path / "pref.jsonl", {"p1": [("a", 0.8), ("a", 0.75)]})
+    output = tmp_path / "q.jsonl"
+    result = CliRunner().invoke(app, ["build", "pairs", "--preference-prompts", str(pref), "--output", str(output)])
+    assert result.exit_code == 2
+    assert result.stderr == "error: --target-scores is required (without it, only --same-source pairs can be built)\n"
+    result = CliRunner().invoke(app, ["build", "pairs", "--preference-prompts", str(pref), "--output", str(output),
+                                      "--same-source", "--min-reward-gap", "0.2", "--max-reward-gap", "0.1"])
+    assert result.exit_code == 2 and "min_reward_gap (0.2) is above max_reward_gap (0.1)" in result.stderr
+    result = CliRunner().invoke(app, ["build", "pairs", "--preference-prompts", str(pref), "--output", str(output),
+                                      "--same-source"])
+    assert result.exit_code == 0, result.output
+    assert [(row["chosen_source"], row["rejected"]) for row in read(output)] == [(["a-p1-0.8"], "a-p1-0.75")]

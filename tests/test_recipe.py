@@ -104,6 +104,42 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
     assert [stage.name for stage in plan(recipe)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
 
 
+def test_the_shipped_fusechat_recipe_is_valid_and_samples_no_target():
+    from pathlib import Path
+
+    from wrpo.pipeline.recipe import load_recipe
+    from wrpo.pipeline.stages import plan
+
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "fusechat3-llama31-8b.yaml")
+    assert recipe.target.model == "meta-llama/Llama-3.1-8B-Instruct" and len(recipe.sources) == 4
+    assert recipe.split.sft_fraction == 0.4
+    pairs = recipe.pairs
+    assert (pairs.same_source, pairs.min_reward_gap, pairs.max_reward_gap, pairs.target_samples) == (True, 0.01, 0.1,
+                                                                                                    False)
+    assert (recipe.wrpo["loss"], recipe.wrpo["beta"]) == ("ln_dpo", 10.0)
+    stages = {stage.name: stage for stage in plan(recipe)}
+    assert "sample/target-sft" not in stages and "score/target-sft" not in stages
+    command = stages["build-pairs"].steps[0].tasks[0].command
+    assert "--same-source" in command and "--target-scores" not in command
+    assert command[command.index("--max-reward-gap") + 1] == "0.1"
+
+
+@pytest.mark.slow
+def test_a_fusechat_shaped_recipe_runs_end_to_end(zoo, tmp_path):
+    """Same-source pairs without target samples and the length-normalised loss, through every stage."""
+    recipe = recipe_file(tmp_path, zoo, loss="ln_dpo", beta=10.0)
+    data = yaml.safe_load(recipe.read_text())
+    data["pairs"] = {"same_source": True, "min_reward_gap": 0.0, "max_reward_gap": 1.0, "target_samples": False}
+    recipe.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "sample/target-sft" not in result.output.strip().splitlines()[-1]
+    quadruples = [q for _, q in iter_quadruples(tmp_path / "work" / "data" / "quadruples.jsonl")]
+    assert quadruples and all(q.chosen_target == q.chosen_source[0] for q in quadruples)
+    assert all(q.meta["rejected_model"] == q.meta["source_models"][0] for q in quadruples)
+    assert len(read(tmp_path / "work" / "models" / "target-sft-wrpo" / "metrics.jsonl")) == 2
+
+
 def test_a_bad_recipe_names_the_file_line_and_setting(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("workdir: w\nprompts: p.jsonl\nsources:\n  - {name: a, model: m}\n  - name: b\n    model: m\n"

@@ -253,9 +253,9 @@ def build_pairs_command(
     from wrpo.progress import console
 
     given = {flag.field: settings[flag.name] for flag in PAIR_FLAGS if settings[flag.name] is not None}
-    pairs = validated(PairSettings, {**given, "target_samples": bool(target_scores)}, as_flags=True)
-    if not target_scores and not pairs.same_source:
+    if not target_scores and not given.get("same_source"):
         raise InputError("--target-scores is required (without it, only --same-source pairs can be built)")
+    pairs = validated(PairSettings, {**given, "target_samples": bool(target_scores)}, as_flags=True)
     console.print(build_pairs(preference_prompts, target_scores or [], output,
                               **pairs.model_dump(exclude={"target_samples"})))
 
