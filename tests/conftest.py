@@ -67,6 +67,11 @@ def release_rows() -> list[dict]:
              "rejected": [{"role": "assistant", "content": w}]} for w in WORDS]
 
 
+def scorers_env(env: dict) -> dict:
+    """`env` with tests/ first on PYTHONPATH, for a wrpo process that a test starts with --judge scorers:NAME."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

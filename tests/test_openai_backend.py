@@ -2,65 +2,24 @@
 models: transformers' own `transformers serve` (it ignores `n`, which the backend must make up for),
 and `vllm serve` from vLLM's CPU build (make test-engines)."""
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from conftest import WORDS, write_jsonl
+from servers import executable, free_port, start_server, stop, transformers_serve
 from wrpo.generation.sample import sample
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
 pytest.importorskip("openai")
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(command, port, log, timeout=120):
-    """Starts a server in a process group of its own, its output to `log`, and waits until it answers
-    on /health; stop(server) ends it by its pid."""
-    with open(log, "wb") as output:
-        server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=output,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + timeout
-    while time.time() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.3)
-    stop(server)
-    raise RuntimeError(f"{' '.join(command[:2])} did not start: {Path(log).read_text()[-3000:]}")
-
-
-def executable(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def transformers_serve(model, port, log):
-    return start_server([executable("transformers"), "serve", str(model), "--port", str(port)], port, log)
-
-
-def stop(server):
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
 
 
 def prompts(path, count):

@@ -1,6 +1,7 @@
 """`wrpo sample --backend vllm` on vLLM's CPU build (make test-engines), in a subprocess as a user runs
 it: n responses per prompt, prompts fed as the very tokens the hf backend feeds, and a run killed
-mid-way and rerun. Each test starts vLLM's engine (about a minute on 2 cores): there are few of them."""
+mid-way and rerun; and `wrpo eval --backend vllm`. Each test starts vLLM's engine (about a minute on 2
+cores): there are few of them."""
 
 import contextlib
 import importlib.util
@@ -13,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from conftest import WORDS, read, write_jsonl
+from conftest import WORDS, read, scorers_env, write_jsonl
+from wrpo.cli import app
 from wrpo.data.tokenize import encode_prompt
 from wrpo.generation.sample import sample
 from wrpo.generation.settings import SamplingSettings
@@ -91,3 +94,22 @@ def test_a_run_killed_mid_way_resumes_with_every_prompt_once_and_the_hf_backends
         SamplingSettings(n=2, temperature=0, max_new_tokens=8, batch_size=16)))}
     assert {row["prompt_id"]: row["responses"] for row in rows} == hf
     assert len({tuple(answers) for answers in hf.values()}) > count // 2  # answers that tell prompts apart
+
+
+def test_eval_answers_through_vllm_as_the_hf_backend_does(engine_model, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": f"w{i}", "prompt": f"reverse {word}"}
+                                                 for i, word in enumerate(WORDS[:6])])
+    # The model is its own baseline: one engine start.
+    command = ["eval", "--models", f"m={engine_model}", "--baseline", "m", "--prompts", str(prompts),
+               "--judge", "scorers:reversal_similarity", "--max-new-tokens", "8"]
+    done = subprocess.run([sys.executable, "-m", "wrpo.cli", *command, "--output", str(tmp_path / "vllm"),
+                           "--backend", "vllm", "--engine-kwargs", ENGINE_KWARGS], env=scorers_env(ENV),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    local = CliRunner().invoke(app, [*command, "--output", str(tmp_path / "hf")])
+    assert local.exit_code == 0, local.output
+    (served,), (hf,) = ((tmp_path / where / "answers").glob("m-*.jsonl") for where in ("vllm", "hf"))
+    assert read(served)[0]["generation"]["backend"] == "vllm"
+    assert {row["prompt_id"]: row["responses"] for row in read(served)} == \
+        {row["prompt_id"]: row["responses"] for row in read(hf)}
+    assert json.loads((tmp_path / "vllm" / "report.json").read_text())["models"]["m"]["judged"] == 6

@@ -177,13 +177,17 @@ def sample(
     """Sample n responses per prompt with the model's chat template; resumable."""
     from wrpo.generation.sample import sample as run_sample
 
-    given = {flag.field: parse_flag_value(flag, settings[flag.name]) for flag in SAMPLE_FLAGS
-             if settings[flag.name] is not None}
-    sampling = validated(SamplingSettings, {k: v for k, v in given.items() if k in SamplingSettings.model_fields},
-                         as_flags=True)
-    backend = validated(BackendSettings, {k: v for k, v in given.items() if k in BackendSettings.model_fields},
-                        as_flags=True)
+    sampling = _settings_from_flags(SamplingSettings, SAMPLE_FLAGS, settings)
+    backend = _settings_from_flags(BackendSettings, SAMPLE_FLAGS, settings)
     typer.echo(f"wrote {run_sample(model, prompts, output, sampling, backend=backend, shard=_shard(shard), name=name)}")
+
+
+def _settings_from_flags(model_class, flags, values: dict):
+    """`model_class` (SamplingSettings, BackendSettings) from the values of those of `flags` that set
+    its fields; a flag not given (None) leaves its field's default."""
+    given = {flag.field: parse_flag_value(flag, values[flag.name]) for flag in flags
+             if values[flag.name] is not None and flag.field in model_class.model_fields}
+    return validated(model_class, given, as_flags=True)
 
 
 @app.command()
@@ -319,29 +323,55 @@ def status(recipe: Path = typer.Argument(..., help="Recipe YAML.")):
     show_status(recipe_status(recipe))
 
 
+# eval has no shards to spread vLLM replicas over: no --data-parallel-size.
+EVAL_FLAGS = model_flags(BackendSettings, skip=("data_parallel_size",))
+
+
 @app.command("eval")
+@_with_flags(EVAL_FLAGS)
 def evaluate(
-    models: str = typer.Option(..., help="Models to judge: folders or Hub ids, comma-separated; "
-                                         "label=path to name one."),
+    models: str = typer.Option(..., help="Models to judge: folders or Hub ids (openai: names on the server), "
+                                         "comma-separated; label=path to name one."),
     baseline: str = typer.Option(..., help="The model they are compared with: one of the labels, a folder or Hub id, "
                                            "or label=path."),
     prompts: Path = typer.Option(..., help="Prompts (with 'category' for per-category figures), or an MT-Bench / "
                                            "Arena-Hard question file."),
-    judge: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer pkg.module:function."),
-    output: Path = typer.Option(Path("eval-output"), help="Answers, scores, report.md, report.json, plots, exports."),
+    judge: str = typer.Option(None, help="Reward judge: a reward model folder (or Hub id), or a Python scorer "
+                                         "pkg.module:function (--judge, --judge-llm or both)."),
+    judge_llm: str = typer.Option(None, help="LLM judge: the judge model's name on an OpenAI-compatible server "
+                                             "(--judge-base-url); it compares each answer with the baseline's, in "
+                                             "both orders."),
+    judge_base_url: str = typer.Option(None, help="The LLM judge's server, e.g. http://localhost:8000/v1."),
+    judge_template: Path = typer.Option(None, help="The LLM judge's prompt: a text file with {instruction}, "
+                                                   "{output_a} and {output_b} [wrpo.evaluation.llm_judge.TEMPLATE]."),
+    judge_api_key_env: str = typer.Option(None, help="The environment variable holding the LLM judge's API key."),
+    judge_concurrency: int = typer.Option(None, help="LLM judge requests in flight at once [8]."),
+    output: Path = typer.Option(Path("eval-output"), help="Answers, scores, judgements, report.md, report.json, "
+                                                          "plots, exports."),
     max_new_tokens: int = typer.Option(GREEDY.max_new_tokens, help="Longest answer, in tokens (answers are greedy)."),
     batch_size: int = typer.Option(16, help="Prompts per generation batch, responses per scoring batch."),
     export: str = typer.Option("", help="Also write answers for public judges: alpaca_eval, arena_hard, mt_bench "
                                         "(comma-separated)."),
     trust_remote_code: bool = typer.Option(False, help="Run the judge model's own code (ArmoRM needs it)."),
+    **settings,
 ):
-    """Reward-judged win rates (with intervals, length-controlled, per category) against a baseline."""
+    """Win rates (with intervals, length-controlled, per category) against a baseline, judged by a reward model,
+    an LLM or both."""
+    from wrpo.evaluation.llm_judge import LLMJudge, read_template
     from wrpo.evaluation.run import parse_models, run_eval, show
 
+    llm_options = {"template": read_template(judge_template) if judge_template else None,
+                   "api_key_env": judge_api_key_env, "concurrency": judge_concurrency}
+    if judge_llm is None and (judge_base_url or any(value is not None for value in llm_options.values())):
+        raise InputError("--judge-base-url, --judge-template, --judge-api-key-env and --judge-concurrency set the "
+                         "LLM judge: name its model with --judge-llm")
+    llm_judge = None if judge_llm is None else LLMJudge(
+        judge_llm, judge_base_url, **{name: value for name, value in llm_options.items() if value is not None})
     formats = tuple(filter(None, (f.strip() for f in export.split(","))))
     show(run_eval(parse_models(models), baseline, prompts, judge, output,
                   GREEDY.model_copy(update={"max_new_tokens": max_new_tokens}), formats,
-                  batch_size=batch_size, trust_remote_code=trust_remote_code))
+                  batch_size=batch_size, trust_remote_code=trust_remote_code,
+                  backend=_settings_from_flags(BackendSettings, EVAL_FLAGS, settings), llm_judge=llm_judge))
     typer.echo(f"report: {output / 'report.md'}")
 
 

@@ -46,3 +46,9 @@ def path_fingerprint(location: str) -> str:
     else:
         digest.update(location.encode())  # a Hub id
     return digest.hexdigest()
+
+
+def text_fingerprint(*parts: str) -> str:
+    """A short name for what was computed from `parts` (fingerprints, settings as JSON): a cache
+    file's name changes when any of them does."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]

@@ -35,7 +35,7 @@ def paired_difference(variant: dict[int, ModelResult], reference: dict[int, Mode
     seeds = sorted(set(variant) & set(reference))
     prompts = sorted(set.intersection(*(set(variant[s].rewards) & set(reference[s].rewards) for s in seeds)))
     per_prompt = [statistics.fmean(variant[s].rewards[p] - reference[s].rewards[p] for s in seeds) for p in prompts]
-    low, high = bootstrap_interval(per_prompt, resamples)
+    low, high = bootstrap_interval(per_prompt, resamples=resamples)
     return Difference(mean=statistics.fmean(per_prompt), low=low, high=high, prompts=len(prompts),
                       per_seed=[statistics.fmean(variant[s].rewards[p] - reference[s].rewards[p] for p in prompts)
                                 for s in seeds])

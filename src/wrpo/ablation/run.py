@@ -16,7 +16,7 @@ from wrpo.errors import InputError
 from wrpo.evaluation.compare import ModelResult, evaluate_model
 from wrpo.evaluation.plots import paired_differences, per_category_bars, training_curves
 from wrpo.files import write_text_atomically
-from wrpo.generation.settings import GREEDY
+from wrpo.generation.settings import GREEDY, BackendSettings
 from wrpo.locks import output_lock
 from wrpo.pipeline.local import LocalExecutor
 from wrpo.pipeline.recipe import Recipe, load_recipe
@@ -89,12 +89,17 @@ def judge(recipe: Recipe, runs: list[VariantRun]) -> tuple[dict[str, ModelResult
     scores are cached by model, prompts and settings (evaluate_model), so a rerun judges only what changed."""
     spec, layout = recipe.ablation, recipe.layout
     settings = GREEDY.model_copy(update={"max_new_tokens": spec.max_new_tokens or recipe.sampling.max_new_tokens})
+    # The models answer on the target's engine (vLLM for a recipe that samples the target with it); a target
+    # behind a server answers there, and the models trained here, which no server holds, through hf.
+    engine = BackendSettings(**recipe.target.model_dump(include=set(BackendSettings.model_fields)))
+    local = engine if engine.backend != "openai" else BackendSettings()
 
-    def evaluated(label: str, model: Path | str) -> ModelResult:
+    def evaluated(label: str, model: Path | str, backend: BackendSettings = local) -> ModelResult:
         return evaluate_model(label, str(model), spec.eval_prompts, recipe.reward.scorer, layout.ablation / "eval",
-                              settings, batch_size=spec.batch_size, trust_remote_code=recipe.reward.trust_remote_code)
+                              settings, batch_size=spec.batch_size, trust_remote_code=recipe.reward.trust_remote_code,
+                              backend=backend)
 
-    baselines = {"target": evaluated("target", recipe.target.model),
+    baselines = {"target": evaluated("target", recipe.target.model, engine),
                  "target-sft": evaluated("target-sft", layout.target_sft)}
     results: dict[str, dict[int, ModelResult]] = {}
     for run in runs:

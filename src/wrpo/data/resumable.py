@@ -1,7 +1,9 @@
 """Resumable JSONL output for long stages: rows are appended to OUTPUT.partial and flushed per batch;
 a rerun after a crash keeps the complete rows (a torn last line is dropped) and skips their keys;
 the finished file appears at OUTPUT only when it holds every expected row once, by an atomic rename.
-The stages hold OUTPUT's lock (wrpo.locks) while they write, so one run at a time appends."""
+The stages hold OUTPUT's lock (wrpo.locks) while they write, so one run at a time appends.
+complete_rows and append_rows are its two halves, also for appended files that are never finished
+(the LLM judge's cache of judgements)."""
 
 from __future__ import annotations
 
@@ -28,22 +30,10 @@ class ResumableJsonl:
 
     def done(self) -> dict[str, dict]:
         """The rows already written, by key; truncates the partial file to its last complete line."""
-        if not self.partial.exists():
-            return {}
-        data = self.partial.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            with self.partial.open("r+b") as handle:
-                handle.truncate(end)
-        rows = [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
-        return {self.key(row): row for row in rows}
+        return {self.key(row): row for row in complete_rows(self.partial)}
 
     def append(self, rows: Iterable[dict]) -> None:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        with self.partial.open("a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_rows(self.partial, rows)
 
     def finish(self, expected: set[str]) -> Path:
         """Moves the rows to OUTPUT once they are exactly the `expected` keys, each once; otherwise
@@ -66,6 +56,28 @@ class ResumableJsonl:
                              f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {example!r})", self.partial)
         self.partial.replace(self.output)
         return self.output
+
+
+def complete_rows(path: Path) -> list[dict]:
+    """The rows of an appended JSONL file (none when it is missing), after cutting it back to its
+    last complete line: a line torn by a crash is dropped, and what is appended next starts clean."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+    return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+
+
+def append_rows(path: Path, rows: Iterable[dict]) -> None:
+    """Appends rows to a JSONL file and flushes them to disk before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_jsonl_atomically(path: str | Path, rows: Iterable[dict]) -> Path:

@@ -7,11 +7,12 @@ on is reported and left out; the others are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import random
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,9 @@ from wrpo.data.prompts import read_prompts
 from wrpo.data.records import read_rows
 from wrpo.errors import InputError
 from wrpo.evaluation.length_control import length_controlled_win_rate
-from wrpo.files import path_fingerprint
+from wrpo.files import path_fingerprint, text_fingerprint
 from wrpo.generation.sample import sample
-from wrpo.generation.settings import GREEDY, SamplingSettings
+from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
 from wrpo.reward.score import score
 
 
@@ -75,20 +76,30 @@ def outcomes(model: dict[str, float], baseline: dict[str, float], tolerance: flo
             for p in sorted(set(model) & set(baseline))}
 
 
-def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of `values` (resampled with replacement)."""
+def bootstrap_interval(items: list, statistic: Callable[[list], float] = statistics.fmean, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """The 95% interval of `statistic` over resamples of `items` (drawn with replacement, as many as
+    there are; seeded). Resamples where the statistic is NaN (a length-controlled fit that cannot
+    tell) are left out; NaN, NaN when every one is."""
     rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    values = sorted(value for value in (statistic(rng.choices(items, k=len(items))) for _ in range(resamples))
+                    if value == value)
+    if not values:
+        return math.nan, math.nan
+    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+
+def win_rate_of(results: list[float], resamples: int = 2000, seed: int = 0) -> WinRate:
+    """The win rate of per-prompt outcomes: 1 a win, 0.5 a tie, 0 a loss."""
+    if not results:
+        raise ValueError("the two models share no judged prompt")
+    low, high = bootstrap_interval(results, statistics.fmean, resamples, seed)
+    return WinRate(rate=statistics.fmean(results), low=low, high=high, wins=results.count(1.0),
+                   ties=results.count(0.5), losses=results.count(0.0))
 
 
 def win_rate(model: dict[str, float], baseline: dict[str, float], resamples: int = 2000, seed: int = 0) -> WinRate:
-    results = list(outcomes(model, baseline).values())
-    if not results:
-        raise ValueError("the two models share no judged prompt")
-    low, high = bootstrap_interval(results, resamples, seed)
-    return WinRate(rate=statistics.fmean(results), low=low, high=high, wins=results.count(1.0),
-                   ties=results.count(0.5), losses=results.count(0.0))
+    return win_rate_of(list(outcomes(model, baseline).values()), resamples, seed)
 
 
 @dataclass(frozen=True)
@@ -120,23 +131,36 @@ def compare(model: ModelResult, baseline: ModelResult) -> Comparison:
                       per_category=per_category)
 
 
-def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, output_dir: str | Path,
+def answer_prompts(label: str, model: str, prompts: str | Path, output_dir: str | Path,
                    settings: SamplingSettings = GREEDY, batch_size: int = 64,
-                   trust_remote_code: bool = False) -> ModelResult:
-    """Answers the prompts with `model`, scores them with `judge`; files go to output_dir/{answers,scores},
-    answers named by the label and a fingerprint of the model, prompts and sampling settings, scores
-    by the answers' content and the judge: nothing stale is reused, and a new judge re-scores the
-    same answers without generating them again."""
-    output_dir = Path(output_dir)
-    answers_key = _key(path_fingerprint(str(model)), path_fingerprint(str(prompts)),
-                       json.dumps(settings.model_dump(), sort_keys=True), str(batch_size))
-    answers = sample(model, prompts, output_dir / "answers" / f"{label}-{answers_key}.jsonl",
-                     settings.model_copy(update={"batch_size": batch_size}), name=label)
-    scores_key = _key(path_fingerprint(str(answers)), path_fingerprint(judge))
-    scored = score([answers], judge, output_dir / "scores" / f"{label}-{scores_key}.jsonl", batch_size=batch_size,
-                   trust_remote_code=trust_remote_code, skip_failures=True)
+                   backend: BackendSettings = BackendSettings()) -> Path:
+    """`model`'s answers to the prompts (wrpo sample), in output_dir/answers, named by the label and a
+    fingerprint of the model, prompts, sampling and backend settings: nothing stale is reused."""
+    # How requests are sent (their concurrency, the key's variable) does not change the answers.
+    answering = backend.model_dump(exclude={"concurrency", "api_key_env"})
+    key = text_fingerprint(path_fingerprint(str(model)), path_fingerprint(str(prompts)),
+                           json.dumps(settings.model_dump(), sort_keys=True), str(batch_size),
+                           json.dumps(answering, sort_keys=True))
+    return sample(model, prompts, Path(output_dir) / "answers" / f"{label}-{key}.jsonl",
+                  settings.model_copy(update={"batch_size": batch_size}), backend=backend, name=label)
+
+
+def evaluate_model(label: str, model: str, prompts: str | Path, judge: str | None, output_dir: str | Path,
+                   settings: SamplingSettings = GREEDY, batch_size: int = 64, trust_remote_code: bool = False,
+                   backend: BackendSettings = BackendSettings()) -> ModelResult:
+    """Answers the prompts with `model` (answer_prompts) and scores them with `judge` in
+    output_dir/scores, named by the answers' content and the judge: a new judge re-scores the same
+    answers without generating them again. Without a judge, the answers only (an LLM judge compares
+    them: wrpo.evaluation.llm_judge)."""
+    answers = answer_prompts(label, model, prompts, output_dir, settings, batch_size, backend)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
     result = ModelResult(label=label, rewards={}, categories=categories)
+    if judge is None:
+        result.answers = {str(row["prompt_id"]): row["responses"][0] for _, row in read_rows(answers)}
+        return result
+    scores_key = text_fingerprint(path_fingerprint(str(answers)), path_fingerprint(judge))
+    scored = score([answers], judge, Path(output_dir) / "scores" / f"{label}-{scores_key}.jsonl",
+                   batch_size=batch_size, trust_remote_code=trust_remote_code, skip_failures=True)
     for _, row in read_rows(scored):
         prompt_id = str(row["prompt_id"])
         result.answers[prompt_id] = row["responses"][0]
@@ -149,10 +173,7 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str, outp
     return result
 
 
-def format_rate(value: float) -> str:
-    """A rate for a report; a length-controlled rate the fit could not identify is NaN: n/a."""
-    return "n/a" if value != value else f"{value:.3f}"
-
-
-def _key(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+def format_rate(value: float | None) -> str:
+    """A rate for a report; a length-controlled rate the fit could not identify is NaN, and a rate of no
+    judged prompt None: n/a."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"

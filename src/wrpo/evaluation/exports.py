@@ -4,11 +4,12 @@
   evaluate --model_outputs FILE`).
 - Arena-Hard (v0.1 answer files, data/arena-hard-v0.1/model_answer/MODEL.jsonl): one JSON object a
   line, {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [{"content",
-  "token_len"}]}], "tstamp"}.
+  "token_len"}]}], "tstamp"}; token_len counts the model's tokens, or words for a server's model
+  (no local tokenizer).
 - MT-Bench (FastChat llm_judge, data/mt_bench/model_answer/MODEL.jsonl): {"question_id",
   "answer_id", "model_id", "choices": [{"index": 0, "turns": [answer to turn 1, turn 2, ...]}],
   "tstamp"}; questions with several turns are answered turn by turn, each turn seeing the
-  conversation so far.
+  conversation so far, through the backend that answered the first.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 from wrpo.data.prompts import PromptRow
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.evaluation.compare import ModelResult
-from wrpo.generation.backends import HFGenerator
-from wrpo.generation.settings import GREEDY, SamplingSettings
+from wrpo.generation.backends import make_generator
+from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
 
 FORMATS = ("alpaca_eval", "arena_hard", "mt_bench")
 
@@ -67,8 +68,8 @@ def export_arena_hard(result: ModelResult, prompts: list[PromptRow], path: str |
 
 
 def export_mt_bench(result: ModelResult, prompts: list[PromptRow], path: str | Path, model: str,
-                    settings: SamplingSettings) -> Path:
-    """Later turns are answered here with the hf backend, greedy like the first."""
+                    settings: SamplingSettings, backend: BackendSettings = BackendSettings()) -> Path:
+    """Later turns are answered here through `backend`, the one that answered the first, greedy like it."""
     generator = None
     rows = []
     for row in prompts:
@@ -78,7 +79,7 @@ def export_mt_bench(result: ModelResult, prompts: list[PromptRow], path: str | P
         answers = [result.answers[row.prompt_id]]
         conversation = [{"role": "user", "content": turns[0]}, {"role": "assistant", "content": answers[0]}]
         for question in turns[1:]:
-            generator = generator or HFGenerator(model)
+            generator = generator or make_generator(backend, model)
             conversation.append({"role": "user", "content": question})
             (reply,), = generator.generate([generator.prompt_ids(conversation)], [row.prompt_id],
                                            GREEDY.model_copy(update={"max_new_tokens": settings.max_new_tokens}))

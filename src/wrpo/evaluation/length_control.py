@@ -55,6 +55,8 @@ def length_controlled_win_rate(outcomes: list[float], length_differences: list[f
             hab += w * x
             hbb += w * x * x
         determinant = haa * hbb - hab * hab
-        a += (hbb * ga - hab * gb) / determinant
-        b += (haa * gb - hab * ga) / determinant
+        step_a, step_b = (hbb * ga - hab * gb) / determinant, (haa * gb - hab * ga) / determinant
+        a, b = a + step_a, b + step_b
+        if abs(step_a) + abs(step_b) < 1e-10:  # converged: a bootstrap fits hundreds of times
+            break
     return _sigmoid(a)

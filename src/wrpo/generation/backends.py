@@ -118,22 +118,48 @@ class VLLMGenerator:
         return [[completion.text for completion in output.outputs] * (settings.n // copies) for output in outputs]
 
 
-class OpenAIGenerator:
-    """Chat completions from a server, `concurrency` requests at a time, retried with backoff on
-    429, 5xx, timeouts and refused connections (a server restarting), and asked again for the
-    missing samples when a server returns fewer than n (some ignore `n`)."""
-
-    RETRIED = ("RateLimitError", "InternalServerError", "APIConnectionError", "APITimeoutError")
-
-    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, concurrency: int = 8,
-                 max_retries: int = 10, max_delay: float = 30.0):
+def openai_client(base_url: str, api_key_env: str | None = None):
+    """A client of an OpenAI-compatible server, its key from the environment variable `api_key_env`
+    (OPENAI_API_KEY where none is named; a local server takes any). It retries nothing itself:
+    with_retries does, the same way for every caller."""
+    try:
         from openai import OpenAI
+    except ImportError:
+        raise InputError("an OpenAI-compatible server needs the openai package: pip install 'wrpo[openai]'") from None
+    key = os.environ.get(api_key_env or "OPENAI_API_KEY")
+    if api_key_env and not key:
+        raise InputError(f"the environment variable {api_key_env} is not set (it should hold the server's API key)")
+    return OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0)
 
-        key = os.environ.get(api_key_env or "OPENAI_API_KEY")
-        if api_key_env and not key:
-            raise InputError(f"the environment variable {api_key_env} (--api-key-env) is not set")
-        self.client = OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0)
-        self.model, self.concurrency, self.max_retries, self.max_delay = model, concurrency, max_retries, max_delay
+
+# openai's errors worth another try: 429, 5xx, timeouts and refused connections (a server restarting).
+RETRIED = ("RateLimitError", "InternalServerError", "APIConnectionError", "APITimeoutError")
+
+
+def with_retries(request, max_retries: int = 10, max_delay: float = 30.0):
+    """request(), tried again with exponential backoff (1 s, 2 s, ... up to max_delay) while it fails
+    with one of RETRIED; any other error, or the last failure, is an InputError naming it."""
+    delay = 1.0
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except Exception as error:  # noqa: BLE001 -- openai's error classes, matched by name below
+            if type(error).__name__ not in RETRIED:
+                raise InputError(f"the server refused the request ({type(error).__name__}: {error})") from None
+            if attempt == max_retries:
+                raise InputError(f"the server kept failing after {max_retries} retries "
+                                 f"({type(error).__name__}: {error})") from None
+            time.sleep(delay)
+            delay = min(2 * delay, max_delay)
+
+
+class OpenAIGenerator:
+    """Chat completions from a server, `concurrency` requests at a time, retried (with_retries), and
+    asked again for the missing samples when a server returns fewer than n (some ignore `n`)."""
+
+    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, concurrency: int = 8):
+        self.client = openai_client(base_url, api_key_env)
+        self.model, self.concurrency = model, concurrency
 
     def prompt_ids(self, prompt: Prompt) -> list[dict[str, str]]:
         return as_messages(prompt)  # the server renders the chat template itself
@@ -148,25 +174,11 @@ class OpenAIGenerator:
         wanted = settings.n if settings.temperature > 0 else 1
         texts: list[str] = []
         while len(texts) < wanted:
-            response = self._with_retries(lambda have=len(texts): self.client.chat.completions.create(
+            response = with_retries(lambda have=len(texts): self.client.chat.completions.create(
                 model=self.model, messages=messages, n=wanted - have, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + have))
             texts += [choice.message.content or "" for choice in response.choices]
         return texts[:wanted] * (settings.n // wanted)
-
-    def _with_retries(self, request):
-        delay = 1.0
-        for attempt in range(self.max_retries + 1):
-            try:
-                return request()
-            except Exception as error:  # noqa: BLE001 -- openai's error classes, matched by name below
-                if type(error).__name__ not in self.RETRIED:
-                    raise InputError(f"the server refused the request ({type(error).__name__}: {error})") from None
-                if attempt == self.max_retries:
-                    raise InputError(f"the server kept failing after {self.max_retries} retries "
-                                     f"({type(error).__name__}: {error})") from None
-                time.sleep(delay)
-                delay = min(2 * delay, self.max_delay)
 
 
 def make_generator(backend: BackendSettings, model: str, device: str | None = None):
