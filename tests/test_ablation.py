@@ -12,7 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import write_jsonl
+from conftest import native_rows, write_jsonl
+from test_recipe import recipe_file
 from wrpo.ablation import ablate
 from wrpo.ablation.report import flags, paired_difference, render, summarise
 from wrpo.ablation.run import check_held_out
@@ -71,6 +72,25 @@ def test_held_out_prompts_that_are_training_prompts_are_refused_naming_the_line(
     assert str(caught.value) == (f"{held_out}:2: held-out prompt 'h2' is also the training prompt of line 2 of "
                                  f"{training}: the held-out prompts must be disjoint from training")
     check_held_out(training, write_jsonl(tmp_path / "ok.jsonl", [{"prompt_id": "h1", "prompt": "reverse def"}]))
+
+
+def test_slurm_ablation_needs_the_pipeline_done_and_its_report_needs_the_runs_done(zoo, tmp_path):
+    """Refused before any job: `--executor slurm` while the pipeline is not done (the runs' data is made from
+    its quadruples), and the last job's --report-only while a run is not finished."""
+    recipe = recipe_file(tmp_path, zoo)
+    write_jsonl(tmp_path / "heldout.jsonl", [{"prompt_id": "h1", "prompt": "reverse banana"}])
+    recipe.write_text(recipe.read_text() + "ablation: {eval_prompts: heldout.jsonl}\n")
+    result = CliRunner().invoke(app, ["ablate", str(recipe), "--executor", "slurm"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {recipe}: --executor slurm: the recipe's stages "
+                                    "sample/sources/llama-char, score/sources/llama-char, ")
+    assert result.stderr.endswith(f", wrpo are not done; run `wrpo run {recipe} --executor slurm`, then `wrpo ablate` "
+                                  "once those jobs finish\n")
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    write_jsonl(tmp_path / "work" / "data" / "quadruples.jsonl", native_rows())  # as if the pipeline had made them
+    result = CliRunner().invoke(app, ["ablate", str(recipe), "--report-only", "--seeds", "0", "--variants", "dpo"])
+    assert result.exit_code == 2
+    assert "--report-only: the runs ablation/seed0/wrpo, ablation/seed0/dpo are not finished" in result.stderr
 
 
 def demo_recipe(small_demo):

@@ -3,6 +3,7 @@ job (shards as arrays, training through srun + accelerate launch), chained by de
 returns at once, `wrpo status` follows the jobs, and the result equals the local run. A failed job is
 reported with its log, the jobs after it are cancelled, never left pending."""
 
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import scorers_env
 from test_recipe import recipe_file
 from test_scale import RECIPES, rows_by_id, weights, with_resources
 from wrpo.cli import app
@@ -31,7 +33,8 @@ def wait_for_jobs(recipe: Path, timeout: float = 900) -> dict[str, str]:
 
 @pytest.fixture
 def scorers_in_jobs(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # sbatch passes the environment on
+    # sbatch passes the environment on; what PYTHONPATH held stays (a checkout's src/ runs its own code)
+    monkeypatch.setenv("PYTHONPATH", scorers_env(os.environ)["PYTHONPATH"])
 
 
 def test_the_pipeline_runs_as_slurm_jobs_and_equals_the_local_run(zoo, tmp_path, slurm_env, scorers_in_jobs):
@@ -73,7 +76,7 @@ def test_a_failed_job_is_reported_and_the_jobs_after_it_are_cancelled(zoo, tmp_p
     module.write_text("def score(prompt, response):  # fails on sampled responses, not on the preflight's\n"
                       "    if response != 'a response':\n        raise SystemExit(3)\n    return 0.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{Path(__file__).parent}")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{scorers_env(os.environ)['PYTHONPATH']}")
     path = recipe_file(tmp_path, zoo)
     path.write_text(path.read_text().replace("scorers:reversal_similarity", "failing_scorer:score"))
     with_resources(path, {"slurm": {"partition": slurm_env.partition}})

@@ -264,23 +264,38 @@ def build_pairs_command(
                               **pairs.model_dump(exclude={"target_samples"})))
 
 
+def _check_executor(value: str) -> None:
+    from wrpo.pipeline.run import EXECUTORS
+
+    if value not in EXECUTORS:
+        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {value!r}")
+
+
+def _echo_statuses(statuses: dict[str, str]) -> None:
+    typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
+
+
+def _mark_option(event: str):
+    """--start-stage, --finish-stage: a Slurm job's bookkeeping (wrpo.pipeline.slurm.job_scripts), hidden
+    options of each command whose stages are submitted."""
+    job = {"start": "first", "finish": "last"}[event]
+    return typer.Option(None, hidden=True, help=f"Record this stage as {event}ed (its {job} Slurm job).")
+
+
 @app.command()
 def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
         executor: str = typer.Option("local", help="local: processes on this machine; slurm: submit every stage as "
                                                    "Slurm jobs chained by dependencies, and return."),
         plan: bool = typer.Option(False, "--plan", help="Print every stage (command lines, launcher, devices, inputs, "
                                                         "outputs, whether it would be skipped) and run nothing."),
-        start_stage: str = typer.Option(None, hidden=True, help="Record this stage as started (its first Slurm job)."),
-        finish_stage: str = typer.Option(None, hidden=True,
-                                         help="Record this stage as finished (its last Slurm job).")):
+        start_stage: str = _mark_option("start"), finish_stage: str = _mark_option("finish")):
     """Run every pipeline stage of a recipe that is not yet done: sample, score, build, SFT, WRPO."""
-    from wrpo.pipeline.run import EXECUTORS, StageFailed, mark_stage, plan_recipe, run_recipe
+    from wrpo.pipeline.run import StageFailed, mark_recipe_stage, plan_recipe, run_recipe
     from wrpo.pipeline.show import show_plan
 
-    if executor not in EXECUTORS:
-        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    _check_executor(executor)
     if start_stage or finish_stage:
-        mark_stage(recipe, start_stage or finish_stage, "start" if start_stage else "finish")
+        mark_recipe_stage(recipe, start_stage or finish_stage, "start" if start_stage else "finish")
         return
     if plan:
         show_plan(plan_recipe(recipe, executor), executor)
@@ -290,7 +305,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
     except StageFailed as failure:
         typer.echo(f"error: {failure}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
+    _echo_statuses(statuses)
 
 
 @app.command()
@@ -298,18 +313,37 @@ def ablate(recipe: Path = typer.Argument(..., help="Recipe YAML with an ablation
            seeds: str = typer.Option(None, help="Training seeds, comma-separated [the recipe's ablation.seeds]."),
            variants: str = typer.Option(None, help="Variants, comma-separated [all]: wrpo, dpo, hybrid, "
                                                    "constant-alpha, linear-alpha, sft-continued, rft, sources-K "
-                                                   "(K < the sources).")):
+                                                   "(K < the sources)."),
+           executor: str = typer.Option("local", help="local: the pipeline's stages not yet done, then the runs, on "
+                                                      "this machine; slurm: submit the runs as Slurm jobs, and a last "
+                                                      "one that judges and reports, and return (run the pipeline "
+                                                      "first)."),
+           report_only: bool = typer.Option(False, "--report-only", hidden=True,
+                                            help="Judge and report runs trained already (the last Slurm job)."),
+           start_stage: str = _mark_option("start"), finish_stage: str = _mark_option("finish")):
     """Train the paper's comparisons from the recipe's target-sft and quadruples, judge them on held-out
     prompts, and report mean ± std over seeds, paired differences from WRPO and losses below the start."""
     from wrpo.ablation import ablate as run_ablation
     from wrpo.ablation.report import show
+    from wrpo.ablation.run import ablation_report, mark_ablation_stage
 
+    _check_executor(executor)
     try:
         chosen_seeds = [int(seed) for seed in seeds.split(",")] if seeds else None
     except ValueError:
         raise InputError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
-    result = run_ablation(recipe, chosen_seeds, names)
+    if start_stage or finish_stage:
+        mark_ablation_stage(recipe, chosen_seeds, names, start_stage or finish_stage,
+                            "start" if start_stage else "finish")
+        return
+    if report_only:
+        result = ablation_report(recipe, chosen_seeds, names)
+    else:
+        result = run_ablation(recipe, chosen_seeds, names, executor)
+        if executor == "slurm":  # submitted: the report comes from the last job
+            _echo_statuses(result)
+            return
     show(result.report)
     typer.echo(f"report: {result.folder / 'report.md'}")
 

@@ -47,8 +47,8 @@ def stage_fingerprint(stage: Stage) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def read_manifest(layout: Workdir, stage: Stage) -> dict | None:
-    path = layout.manifest(stage.name)
+def read_manifest(layout: Workdir, name: str) -> dict | None:
+    path = layout.manifest(name)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -63,7 +63,7 @@ def decide(stages: list[Stage], layout: Workdir) -> dict[str, str]:
     decisions = {}
     for stage in stages:
         if any(str(Path(i)) in changing for i in stage.inputs):
-            decision = "redo" if read_manifest(layout, stage) else "run"
+            decision = "redo" if read_manifest(layout, stage.name) else "run"
         else:
             decision = decision_now(stage, layout)
         decisions[stage.name] = decision
@@ -75,7 +75,7 @@ def decide(stages: list[Stage], layout: Workdir) -> dict[str, str]:
 def decision_now(stage: Stage, layout: Workdir, fingerprint: str | None = None) -> str:
     """skip, run, resume or redo for a stage whose inputs are as they will be when it runs; `fingerprint`
     (its inputs' fingerprint, if the caller has it already) is computed only when a manifest needs it."""
-    manifest = read_manifest(layout, stage)
+    manifest = read_manifest(layout, stage.name)
     if manifest is None:
         return "run"
     if manifest.get("fingerprint") != (fingerprint or stage_fingerprint(stage)):  # None: submitted, never started
@@ -105,9 +105,10 @@ def run_recipe(recipe_path: str | Path, executor: str = "local") -> dict[str, st
         check_recipe_inputs(recipe)
         stages = plan(recipe)
         if executor == "slurm":
-            from wrpo.pipeline.slurm import submit
+            from wrpo.pipeline.slurm import pipeline_marker, submit
 
-            return submit(Path(recipe_path), recipe, stages, decide(stages, recipe.layout))
+            return submit(Path(recipe_path), recipe, stages, decide(stages, recipe.layout),
+                          pipeline_marker(Path(recipe_path)))
         from wrpo.pipeline.local import LocalExecutor
         from wrpo.pipeline.slurm import refuse_while_jobs_run
 
@@ -150,18 +151,28 @@ def run_stages(stages: list[Stage], layout: Workdir, executor) -> dict[str, str]
     return statuses
 
 
-def mark_stage(recipe_path: str | Path, name: str, event: str) -> None:
+def mark_stage(stage: Stage, layout: Workdir, event: str) -> None:
     """A Slurm job's bookkeeping, its inputs being final by then. start (the stage's first job): records
     the fingerprint it starts with, its outputs removed first if they were made from other inputs;
     finish (its last job): records it as finished."""
-    recipe = load_recipe(recipe_path)
-    stage = next((s for s in plan(recipe) if s.name == name), None)
+    fingerprint = stage_fingerprint(stage)
+    if event == "start" and (read_manifest(layout, stage.name) or {}).get("fingerprint") not in (None, fingerprint):
+        remove_outputs(stage)
+    write_manifest(layout, stage, fingerprint=fingerprint, complete=event == "finish")
+
+
+def stage_named(stages: list[Stage], name: str, recipe_path: str | Path) -> Stage:
+    """The stage of that name among those a command plans (a job script names its stage)."""
+    stage = next((s for s in stages if s.name == name), None)
     if stage is None:
         raise InputError(f"the recipe has no stage {name!r}", recipe_path)
-    fingerprint = stage_fingerprint(stage)
-    if event == "start" and (read_manifest(recipe.layout, stage) or {}).get("fingerprint") not in (None, fingerprint):
-        remove_outputs(stage)
-    write_manifest(recipe.layout, stage, fingerprint=fingerprint, complete=event == "finish")
+    return stage
+
+
+def mark_recipe_stage(recipe_path: str | Path, name: str, event: str) -> None:
+    """`wrpo run --start-stage/--finish-stage NAME`: mark_stage for a stage of the pipeline."""
+    recipe = load_recipe(recipe_path)
+    mark_stage(stage_named(plan(recipe), name, recipe_path), recipe.layout, event)
 
 
 @dataclass
@@ -177,9 +188,10 @@ def plan_recipe(recipe_path: str | Path, executor: str = "local") -> list[Planne
     stages = plan(recipe)
     decisions = decide(stages, recipe.layout)
     if executor == "slurm":
-        from wrpo.pipeline.slurm import job_scripts
+        from wrpo.pipeline.slurm import job_scripts, pipeline_marker
 
-        return [PlannedStage(stage, decisions[stage.name], job_scripts(Path(recipe_path), recipe, stage))
+        marker = pipeline_marker(Path(recipe_path))
+        return [PlannedStage(stage, decisions[stage.name], job_scripts(recipe, stage, marker))
                 for stage in stages]
     return [PlannedStage(stage, decisions[stage.name], {}) for stage in stages]
 
@@ -192,7 +204,8 @@ class StageState:
 
 
 def recipe_status(recipe_path: str | Path) -> list[StageState]:
-    """Each stage: done, running (where), queued (slurm), failed (with its log) or pending."""
+    """Each stage (and each of the last Slurm submission's): done, running (where), queued (slurm), failed
+    (with its log) or pending."""
     recipe = load_recipe(recipe_path)
     layout = recipe.layout
     stages = plan(recipe)
@@ -200,28 +213,32 @@ def recipe_status(recipe_path: str | Path) -> list[StageState]:
     from wrpo.pipeline.slurm import ACTIVE, job_states
 
     jobs = job_states(layout)
+    done = {name: decision == "skip" for name, decision in decisions.items()}
+    # The record of jobs may hold stages the pipeline does not plan (`wrpo ablate --executor slurm` records
+    # its jobs there too): listed after the pipeline's, done once their manifest says finished.
+    done.update({name: bool((read_manifest(layout, name) or {}).get("complete")) for name in jobs if name not in done})
     runner = live_holder(recipe.workdir)
     states = []
-    for stage in stages:
-        manifest = read_manifest(layout, stage) or {}
-        job = jobs.get(stage.name)
+    for name, finished in done.items():
+        manifest = read_manifest(layout, name) or {}
+        job = jobs.get(name)
         if job is not None and job.state in ACTIVE:  # a finished stage's job may still be ending
             where = f" on {job.nodes}" if job.nodes else ""
-            states.append(StageState(stage.name, "queued" if job.state == "PENDING" else "running",
-                                     f"Slurm job {job.id}{where}; log: {layout.log(stage.name)}"))
-        elif decisions[stage.name] == "skip":
-            states.append(StageState(stage.name, "done"))
+            states.append(StageState(name, "queued" if job.state == "PENDING" else "running",
+                                     f"Slurm job {job.id}{where}; log: {layout.log(name)}"))
+        elif finished:
+            states.append(StageState(name, "done"))
         elif "failed" in manifest:
             failed = manifest["failed"]
             cause = f"exit status {failed['exit_status']}" if "exit_status" in failed else failed.get("error", "")
-            states.append(StageState(stage.name, "failed", f"{cause}; log: {failed['log']}"))
+            states.append(StageState(name, "failed", f"{cause}; log: {failed['log']}"))
         elif job is not None:
-            states.append(StageState(stage.name, "failed", f"Slurm job {job.id} {job.state.lower()}"
+            states.append(StageState(name, "failed", f"Slurm job {job.id} {job.state.lower()}"
                                      f"{f' (exit code {job.exit_code})' if job.exit_code else ''}; "
-                                     f"log: {layout.log(stage.name)}"))
+                                     f"log: {layout.log(name)}"))
         elif manifest and not manifest.get("complete") and runner and runner.get("pid") == manifest.get("pid"):
-            states.append(StageState(stage.name, "running", f"pid {manifest['pid']} on {manifest['host']}; "
-                                                            f"log: {layout.log(stage.name)}"))
+            states.append(StageState(name, "running", f"pid {manifest['pid']} on {manifest['host']}; "
+                                                      f"log: {layout.log(name)}"))
         else:
-            states.append(StageState(stage.name, "pending"))
+            states.append(StageState(name, "pending"))
     return states

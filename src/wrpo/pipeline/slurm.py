@@ -2,9 +2,9 @@
 jobs of the stages it reads by `afterok` dependencies, so `wrpo run --executor slurm` submits the
 whole pipeline and returns. Shards are a job array; training is one job of `nodes` nodes where srun
 starts one `accelerate launch` per node, the rendezvous taken from Slurm's environment. A stage's last
-job records it as finished (`wrpo run --finish-stage`; its first, `--start-stage`, the fingerprint it
-starts from), and a failed job cancels the jobs after it
-(--kill-on-invalid-dep) instead of leaving them pending forever.
+job records it as finished (`wrpo run --finish-stage`, or the hidden option of whichever command planned
+the stage, `wrpo ablate`; its first, `--start-stage`, the fingerprint it starts from), and a failed job
+cancels the jobs after it (--kill-on-invalid-dep) instead of leaving them pending forever.
 
 Plain sbatch scripts rather than submitit: the scripts are what `wrpo run --plan --executor slurm`
 prints and what a user reads when a job fails, and job states come from squeue/scontrol, where
@@ -36,21 +36,27 @@ FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEM
 PORT = "$((20000 + SLURM_JOB_ID % 20000))"
 
 
-def job_scripts(recipe_path: Path, recipe: Recipe, stage: Stage) -> dict[str, str]:
+def pipeline_marker(recipe_path: Path) -> tuple[str, ...]:
+    """The `wrpo` command (less `wrpo`) whose --start-stage / --finish-stage mark a stage of the pipeline."""
+    return ("run", str(recipe_path.resolve()))
+
+
+def job_scripts(recipe: Recipe, stage: Stage, marker: tuple[str, ...]) -> dict[str, str]:
     """The sbatch script of each step of `stage`, by job name: the first records the stage as started
-    (its fingerprint, once its inputs exist), the last as finished."""
-    layout, recipe_path = recipe.layout, recipe_path.resolve()
+    (its fingerprint, once its inputs exist), the last as finished, by `wrpo MARKER --start-stage NAME`
+    and `--finish-stage NAME` (the command that plans the stage: `wrpo run RECIPE`, `wrpo ablate ...`)."""
+    layout = recipe.layout
     scripts = {}
     for number, step in enumerate(stage.steps, start=1):
         name = f"wrpo:{file_name(stage.name)}" + (f":{number}" if len(stage.steps) > 1 else "")
-        before = [_mark(recipe_path, "start", stage)] if number == 1 else []
-        after = [_mark(recipe_path, "finish", stage)] if number == len(stage.steps) else []
+        before = [_mark(marker, "start", stage)] if number == 1 else []
+        after = [_mark(marker, "finish", stage)] if number == len(stage.steps) else []
         scripts[name] = _script(name, stage, step, layout, recipe, before, after)
     return scripts
 
 
-def _mark(recipe_path: Path, event: str, stage: Stage) -> str:
-    return shlex.join(executable(("wrpo", "run", str(recipe_path), f"--{event}-stage", stage.name)))
+def _mark(marker: tuple[str, ...], event: str, stage: Stage) -> str:
+    return shlex.join(executable(("wrpo", *marker, f"--{event}-stage", stage.name)))
 
 
 def _script(name: str, stage: Stage, step: Step, layout: Workdir, recipe: Recipe, before: list[str],
@@ -100,8 +106,10 @@ def _command(task: Task) -> str:
             f"bash -c {shlex.quote(inner)}")
 
 
-def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: dict[str, str]) -> dict[str, str]:
-    """Submits the stages that are not done; returns each stage's status (submitted as job ..., skipped)."""
+def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: dict[str, str],
+           marker: tuple[str, ...]) -> dict[str, str]:
+    """Submits the stages that are not done, their jobs marking them with `marker` (job_scripts); returns
+    each stage's status (submitted as job ..., skipped)."""
     from wrpo.progress import say
 
     if shutil.which("sbatch") is None:
@@ -127,7 +135,7 @@ def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: di
             write_text_atomically(path, text)
         after = sorted({writers[i] for i in map(str, stage.inputs) if i in writers})
         jobs = []
-        for name, script in job_scripts(recipe_path, recipe, stage).items():
+        for name, script in job_scripts(recipe, stage, marker).items():
             path = write_text_atomically(layout.slurm / f"{name.removeprefix('wrpo:').replace(':', '.')}.sh", script)
             jobs.append(_sbatch(path, after))
             after = [jobs[-1]]
