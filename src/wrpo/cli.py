@@ -326,6 +326,7 @@ def ablate(recipe: Path = typer.Argument(..., help="Recipe YAML with an ablation
     from wrpo.ablation import ablate as run_ablation
     from wrpo.ablation.report import show
     from wrpo.ablation.run import ablation_report, mark_ablation_stage
+    from wrpo.pipeline.run import StageFailed
 
     _check_executor(executor)
     try:
@@ -340,7 +341,11 @@ def ablate(recipe: Path = typer.Argument(..., help="Recipe YAML with an ablation
     if report_only:
         result = ablation_report(recipe, chosen_seeds, names)
     else:
-        result = run_ablation(recipe, chosen_seeds, names, executor)
+        try:
+            result = run_ablation(recipe, chosen_seeds, names, executor)
+        except StageFailed as failure:
+            typer.echo(f"error: {failure}", err=True)
+            raise typer.Exit(1) from None
         if executor == "slurm":  # submitted: the report comes from the last job
             _echo_statuses(result)
             return
