@@ -25,7 +25,8 @@ from wrpo.demo.tiny import (
     save_tiny_model,
     tiny_config,
 )
-from wrpo.evaluation.llm_judge import BASELINE_FIRST, MODEL_FIRST, LLMJudge
+from wrpo.evaluation.llm_judge import BASELINE_FIRST, MODEL_FIRST
+from wrpo.evaluation.llm_judge_settings import LLMJudge
 from wrpo.evaluation.run import run_eval
 from wrpo.generation.settings import GREEDY
 
@@ -118,7 +119,7 @@ def judge_eval(served, tmp_path, judge, **options):
     models = {"mine": str(served.root / "mine"), "base": str(served.root / "base")}
     settings = GREEDY.model_copy(update={"max_new_tokens": options.pop("max_new_tokens", 6)})
     return run_eval(models, "base", prompts(tmp_path / "p.jsonl"), None, tmp_path / "out", settings,
-                    llm_judge=LLMJudge(judge, options.pop("base_url", served.url), **options))
+                    llm_judge=LLMJudge(model=judge, base_url=options.pop("base_url", served.url), **options))
 
 
 def test_an_always_first_judge_is_cancelled_by_asking_both_orders(served, tmp_path):

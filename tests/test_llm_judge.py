@@ -14,8 +14,6 @@ from wrpo.evaluation.compare import ModelResult, bootstrap_interval, win_rate_of
 from wrpo.evaluation.llm_judge import (
     BASELINE_FIRST,
     MODEL_FIRST,
-    TEMPLATE,
-    LLMJudge,
     check_llm_judge,
     fill,
     parse_verdict,
@@ -23,6 +21,7 @@ from wrpo.evaluation.llm_judge import (
     requests_for,
     summarise,
 )
+from wrpo.evaluation.llm_judge_settings import TEMPLATE, LLMJudge
 
 
 @pytest.mark.parametrize("reply, verdict", [
@@ -103,14 +102,15 @@ def test_a_comparison_from_hand_computed_judgements():
 
 def test_the_llm_judge_is_checked_before_anything_is_asked():
     with pytest.raises(InputError, match=r"lacks \{output_b\}"):
-        check_llm_judge(LLMJudge("judge", "http://127.0.0.1:1/v1", template="{instruction} {output_a}"))
+        check_llm_judge(LLMJudge(model="judge", base_url="http://127.0.0.1:1/v1", template="{instruction} {output_a}"))
     with pytest.raises(InputError, match="--judge-base-url"):
-        check_llm_judge(LLMJudge("judge", None))
+        check_llm_judge(LLMJudge(model="judge"))
     with pytest.raises(InputError, match="NO_SUCH_KEY_VARIABLE is not set"):
-        check_llm_judge(LLMJudge("judge", "http://127.0.0.1:1/v1", api_key_env="NO_SUCH_KEY_VARIABLE"))
-    check_llm_judge(LLMJudge("judge", "http://127.0.0.1:1/v1"))  # nothing is asked: no server needed
-    assert LLMJudge("j", "u").cache_file("out") == LLMJudge("j", "elsewhere").cache_file("out")
-    assert LLMJudge("j", "u").cache_file("out") != LLMJudge("j", "u", template=TEMPLATE + ".").cache_file("out")
+        check_llm_judge(LLMJudge(model="judge", base_url="http://127.0.0.1:1/v1", api_key_env="NO_SUCH_KEY_VARIABLE"))
+    check_llm_judge(LLMJudge(model="judge", base_url="http://127.0.0.1:1/v1"))  # nothing is asked: no server needed
+    here = LLMJudge(model="j", base_url="u").cache_file("out")
+    assert here == LLMJudge(model="j", base_url="elsewhere").cache_file("out")
+    assert here != LLMJudge(model="j", base_url="u", template=TEMPLATE + ".").cache_file("out")
 
 
 def evaluate(tiny_model, tmp_path, *flags):

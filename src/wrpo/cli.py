@@ -10,6 +10,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from wrpo.data.construct import PairSettings
 from wrpo.errors import InputError
+from wrpo.evaluation.llm_judge_settings import LLMJudge
 from wrpo.flags import model_flags, parse_flag_value
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
 from wrpo.yaml_files import validated
@@ -364,10 +365,12 @@ def status(recipe: Path = typer.Argument(..., help="Recipe YAML.")):
 
 # eval has no shards to spread vLLM replicas over: no --data-parallel-size.
 EVAL_FLAGS = model_flags(BackendSettings, skip=("data_parallel_size",))
+# The LLM judge's --judge-* flags; its template is read from a file (--judge-template).
+JUDGE_FLAGS = model_flags(LLMJudge, skip=("template", "max_tokens"), prefix="judge_", names={"model": "judge_llm"})
 
 
 @app.command("eval")
-@_with_flags(EVAL_FLAGS)
+@_with_flags(EVAL_FLAGS + JUDGE_FLAGS)
 def evaluate(
     models: str = typer.Option(..., help="Models to judge: folders or Hub ids (openai: names on the server), "
                                          "comma-separated; label=path to name one."),
@@ -377,14 +380,9 @@ def evaluate(
                                            "Arena-Hard question file."),
     judge: str = typer.Option(None, help="Reward judge: a reward model folder (or Hub id), or a Python scorer "
                                          "pkg.module:function (--judge, --judge-llm or both)."),
-    judge_llm: str = typer.Option(None, help="LLM judge: the judge model's name on an OpenAI-compatible server "
-                                             "(--judge-base-url); it compares each answer with the baseline's, in "
-                                             "both orders."),
-    judge_base_url: str = typer.Option(None, help="The LLM judge's server, e.g. http://localhost:8000/v1."),
     judge_template: Path = typer.Option(None, help="The LLM judge's prompt: a text file with {instruction}, "
-                                                   "{output_a} and {output_b} [wrpo.evaluation.llm_judge.TEMPLATE]."),
-    judge_api_key_env: str = typer.Option(None, help="The environment variable holding the LLM judge's API key."),
-    judge_concurrency: int = typer.Option(None, help="LLM judge requests in flight at once [8]."),
+                                                   "{output_a} and {output_b} "
+                                                   "[wrpo.evaluation.llm_judge_settings.TEMPLATE]."),
     output: Path = typer.Option(Path("eval-output"), help="Answers, scores, judgements, report.md, report.json, "
                                                           "plots, exports."),
     max_new_tokens: int = typer.Option(GREEDY.max_new_tokens, help="Longest answer, in tokens (answers are greedy)."),
@@ -396,16 +394,16 @@ def evaluate(
 ):
     """Win rates (with intervals, length-controlled, per category) against a baseline, judged by a reward model,
     an LLM or both."""
-    from wrpo.evaluation.llm_judge import LLMJudge, read_template
+    from wrpo.evaluation.llm_judge import read_template
     from wrpo.evaluation.run import parse_models, run_eval, show
 
-    llm_options = {"template": read_template(judge_template) if judge_template else None,
-                   "api_key_env": judge_api_key_env, "concurrency": judge_concurrency}
-    if judge_llm is None and (judge_base_url or any(value is not None for value in llm_options.values())):
+    given = {flag.field: settings[flag.name] for flag in JUDGE_FLAGS if settings[flag.name] is not None}
+    if "model" not in given and (given or judge_template):
         raise InputError("--judge-base-url, --judge-template, --judge-api-key-env and --judge-concurrency set the "
                          "LLM judge: name its model with --judge-llm")
-    llm_judge = None if judge_llm is None else LLMJudge(
-        judge_llm, judge_base_url, **{name: value for name, value in llm_options.items() if value is not None})
+    if judge_template:
+        given["template"] = read_template(judge_template)
+    llm_judge = validated(LLMJudge, given, as_flags=True) if "model" in given else None
     formats = tuple(filter(None, (f.strip() for f in export.split(","))))
     show(run_eval(parse_models(models), baseline, prompts, judge, output,
                   GREEDY.model_copy(update={"max_new_tokens": max_new_tokens}), formats,

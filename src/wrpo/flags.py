@@ -30,18 +30,20 @@ def plain_type(annotation) -> type:
     return next((candidate for candidate in (bool, int, float, str) if candidate in options), str)
 
 
-def model_flags(model_class, skip: tuple[str, ...] = ()) -> list[Flag]:
+def model_flags(model_class, skip: tuple[str, ...] = (), prefix: str = "",
+                names: dict[str, str] | None = None) -> list[Flag]:
     """A flag for each field of a pydantic model whose value is a plain type or a dict (given as a
-    JSON object), with its description and default as help."""
+    JSON object), with its description and default as help; named prefix + field, or as `names` says."""
     flags = []
     for name, field in model_class.model_fields.items():
         if name in skip:
             continue
         mapping = typing.get_origin(field.annotation) is dict or field.annotation is dict
-        default = field.get_default(call_default_factory=True)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         shown = "" if default is None or default == {} else f" [{default}]"
-        flags.append(Flag(name=name, field=name, type=dict if mapping else plain_type(field.annotation),
-                          default=default, help=f"{field.description}{' (JSON)' if mapping else ''}{shown}"))
+        flags.append(Flag(name=(names or {}).get(name, prefix + name), field=name,
+                          type=dict if mapping else plain_type(field.annotation), default=default,
+                          help=f"{field.description}{' (JSON)' if mapping else ''}{shown}"))
     return flags
 
 

@@ -37,34 +37,12 @@ from wrpo.data.tokenize import as_messages
 from wrpo.errors import InputError
 from wrpo.evaluation.compare import ModelResult, WinRate, bootstrap_interval, win_rate_of
 from wrpo.evaluation.length_control import length_controlled_win_rate
+from wrpo.evaluation.llm_judge_settings import LLMJudge
 from wrpo.files import text_fingerprint
 from wrpo.generation.backends import openai_client, with_retries
 from wrpo.locks import output_lock
 from wrpo.progress import stage_progress
 
-TEMPLATE = """\
-You are a careful assistant who compares the outputs of two AI models and selects the one a person \
-would prefer for its quality and its relevance to the instruction.
-
-## Instruction
-
-{instruction}
-
-## Output A
-
-{output_a}
-
-## Output B
-
-{output_b}
-
-## Task
-
-Which output is better, A or B? Judge how well each output follows the instruction, not its length \
-or its position. Answer with the single letter of the better output, A or B, and nothing else.
-
-## Better output
-"""
 FIELDS = ("instruction", "output_a", "output_b")
 MODEL_FIRST, BASELINE_FIRST = "model_first", "baseline_first"  # which answer is output A
 ORDERS = (MODEL_FIRST, BASELINE_FIRST)
@@ -73,23 +51,6 @@ _FIELD = re.compile(r"\{(instruction|output_a|output_b)\}")
 # An upper-case A or B standing alone ("A", "[[B]]", "Output (A).") or a lower-case one in brackets
 # ("Output (a)"): a lone lower-case "a" is an article.
 _VERDICT = re.compile(r"(?<![A-Za-z0-9])([AB])(?![A-Za-z0-9])|\(([ab])\)")
-
-
-@dataclass(frozen=True)
-class LLMJudge:
-    """A judge model on an OpenAI-compatible server, and how it is asked."""
-
-    model: str                      # its name on the server
-    base_url: str | None            # the server, e.g. http://localhost:8000/v1
-    template: str = TEMPLATE        # the prompt, with {instruction}, {output_a} and {output_b}
-    api_key_env: str | None = None  # the environment variable holding the API key
-    concurrency: int = 8            # requests in flight at once
-    max_tokens: int = 16
-
-    def cache_file(self, output_dir: str | Path) -> Path:
-        # The model, the template and the replies' length decide the judgements; the server does not.
-        name = text_fingerprint(self.model, self.template, str(self.max_tokens))
-        return Path(output_dir) / "judgements" / f"{name}.jsonl"
 
 
 def read_template(path: str | Path) -> str:

@@ -12,7 +12,8 @@ from wrpo.data.prompts import PromptRow, read_prompts
 from wrpo.errors import InputError, Problems
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.exports import FORMATS, export_alpaca_eval, export_arena_hard, export_mt_bench
-from wrpo.evaluation.llm_judge import TEMPLATE, LLMJudge, check_llm_judge, judge_with_llm
+from wrpo.evaluation.llm_judge import check_llm_judge, judge_with_llm
+from wrpo.evaluation.llm_judge_settings import TEMPLATE, LLMJudge
 from wrpo.evaluation.plots import reward_distributions, win_rate_bars
 from wrpo.files import write_text_atomically
 from wrpo.generation.backends import openai_client
