@@ -101,6 +101,18 @@ def source_weights_from_scores(scores: Tensor, present: Tensor, mode: str = "uni
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
+def length_normalised_rewards(batch: PreferenceLogps, beta: float, loss: str) -> tuple[Tensor, Tensor, Tensor]:
+    """beta * (log pi_theta(y|x) - log pi_ref(y|x)) / |y| of y_ws, y_wt and y_l: the per-token log-ratio
+    the ipo and ln_dpo forms share. An absent source response (weight 0) has length 0: clamped, so it
+    contributes 0, not NaN."""
+    policy = batch.policy
+    reference = require(batch.reference, "reference log-probs", loss)
+    lengths = require(batch.lengths, "response lengths", loss)
+    return (beta * (policy.source - reference.source) / lengths.source.clamp(min=1),
+            beta * (policy.target - reference.target) / lengths.target.clamp(min=1),
+            beta * (policy.rejected - reference.rejected) / lengths.rejected.clamp(min=1))
+
+
 def fused_output(source: Tensor, target: Tensor, rejected: Tensor, batch: PreferenceLogps, alpha: float | Tensor,
                  link: Callable[[Tensor], Tensor], gamma: float = 0.0) -> LossOutput:
     """Per-response rewards -> fused chosen reward, z = r_chosen - r_rejected - gamma, losses = link(z)."""

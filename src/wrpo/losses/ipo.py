@@ -9,15 +9,10 @@ Rewards are reported as r = beta * h, like the other forms; z' is then z / beta.
 
 from __future__ import annotations
 
-from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fused_output, require
+from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fused_output, length_normalised_rewards
 
 
 def ipo_form(batch: PreferenceLogps, settings: LossSettings) -> LossOutput:
-    policy = batch.policy
-    reference = require(batch.reference, "reference log-probs", "ipo")
-    lengths = require(batch.lengths, "response lengths", "ipo")
     beta = settings.beta
-    return fused_output(beta * (policy.source - reference.source) / lengths.source.clamp(min=1),
-                        beta * (policy.target - reference.target) / lengths.target.clamp(min=1),
-                        beta * (policy.rejected - reference.rejected) / lengths.rejected.clamp(min=1),
-                        batch, settings.alpha, link=lambda z: (z / beta - 1 / (2 * beta)) ** 2)
+    return fused_output(*length_normalised_rewards(batch, beta, "ipo"), batch, settings.alpha,
+                        link=lambda z: (z / beta - 1 / (2 * beta)) ** 2)

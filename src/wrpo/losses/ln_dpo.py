@@ -12,16 +12,17 @@ from __future__ import annotations
 
 from functools import partial
 
-from wrpo.losses.common import LossOutput, LossSettings, PreferenceLogps, fused_output, logistic_loss, require
+from wrpo.losses.common import (
+    LossOutput,
+    LossSettings,
+    PreferenceLogps,
+    fused_output,
+    length_normalised_rewards,
+    logistic_loss,
+)
 
 
 def ln_dpo_form(batch: PreferenceLogps, settings: LossSettings) -> LossOutput:
-    policy = batch.policy
-    reference = require(batch.reference, "reference log-probs", "ln_dpo")
-    lengths = require(batch.lengths, "response lengths", "ln_dpo")
-    beta = settings.beta
-    # An absent source response (weight 0) has length 0: clamp so it contributes 0, not NaN.
-    return fused_output(beta * (policy.source - reference.source) / lengths.source.clamp(min=1),
-                        beta * (policy.target - reference.target) / lengths.target.clamp(min=1),
-                        beta * (policy.rejected - reference.rejected) / lengths.rejected.clamp(min=1),
-                        batch, settings.alpha, link=partial(logistic_loss, label_smoothing=settings.label_smoothing))
+    """The ipo form's rewards (length_normalised_rewards) in DPO's logistic loss."""
+    return fused_output(*length_normalised_rewards(batch, settings.beta, "ln_dpo"), batch, settings.alpha,
+                        link=partial(logistic_loss, label_smoothing=settings.label_smoothing))
