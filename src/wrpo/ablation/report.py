@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from wrpo.evaluation.compare import ModelResult, bootstrap_interval
 
-BASELINES = ("target", "target-sft")
 OVERALL = "overall"
 
 
@@ -87,18 +86,23 @@ def flags(report: dict) -> list[str]:
         for baseline, categories in entry["below"].items():
             if categories:
                 values = ", ".join(
-                    f"{c} {_value(entry, c):.3f} < {_baseline_value(report, baseline, c):.3f}" for c in categories)
+                    f"{c} {_value(entry, c):.3f} < {_value(report['baselines'][baseline], c):.3f}" for c in categories)
                 lines.append(f"{name} is below {baseline} on {values}")
     return lines
 
 
 def _value(entry: dict, category: str) -> float:
+    """A variant's or a baseline's mean reward in a category (OVERALL: over every prompt)."""
     return entry["mean_reward"] if category == OVERALL else entry["per_category"][category]
 
 
-def _baseline_value(report: dict, baseline: str, category: str) -> float:
-    values = report["baselines"][baseline]
-    return values["mean_reward"] if category == OVERALL else values["per_category"][category]
+def format_difference(entry: dict) -> str:
+    """A variant's paired difference from wrpo with its interval; wrpo's own entry has none: "reference"."""
+    difference = entry.get("vs_wrpo")
+    if difference is None:
+        return "reference"
+    low, high = difference["ci95"]
+    return f"{difference['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def render(report: dict) -> str:
@@ -118,13 +122,11 @@ def render(report: dict) -> str:
         lines.append(f"| {label} | (no training here) | {values['mean_reward']:.3f} | | | "
                      + " | ".join(f"{values['per_category'][c]:.3f}" for c in categories) + " |")
     for name, entry in report["variants"].items():
-        difference = entry.get("vs_wrpo")
-        delta = (f"{difference['mean']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]"
-                 + ("*" if difference["significant"] else "")) if difference else "reference"
         what = entry["description"] + (f" (= {entry['same_as']}'s run)" if "same_as" in entry else "")
         lines.append(f"| {'**' + name + '**' if name == 'wrpo' else name} | {what} | "
-                     f"{entry['mean_reward']:.3f} ± {entry['std']:.3f}{_marks(entry, 'overall')} | "
-                     f"{', '.join(f'{v:.3f}' for v in entry['per_seed'])} | {delta} | "
+                     f"{entry['mean_reward']:.3f} ± {entry['std']:.3f}{_marks(entry, OVERALL)} | "
+                     f"{', '.join(f'{v:.3f}' for v in entry['per_seed'])} | {format_difference(entry)}"
+                     f"{'*' if entry.get('vs_wrpo', {}).get('significant') else ''} | "
                      + " | ".join(f"{entry['per_category'][c]:.3f}{_marks(entry, c)}" for c in categories) + " |")
     below = flags(report)
     lines += ["", "## Below the starting point", ""]
@@ -153,10 +155,8 @@ def show(report: dict) -> None:
         table.add_row(label, f"{values['mean_reward']:.3f}", "",
                       *(f"{values['per_category'][c]:.3f}" for c in report["categories"]))
     for name, entry in report["variants"].items():
-        difference = entry.get("vs_wrpo")
         table.add_row(name, f"{entry['mean_reward']:.3f} ± {entry['std']:.3f}{_marks(entry, OVERALL)}",
-                      f"{difference['mean']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]"
-                      if difference else "reference",
+                      format_difference(entry),
                       *(f"{entry['per_category'][c]:.3f}{_marks(entry, c)}" for c in report["categories"]))
     console.print(table)
     for line in flags(report):

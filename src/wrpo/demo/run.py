@@ -24,6 +24,7 @@ from rich.table import Table
 
 from wrpo.ablation import ablate
 from wrpo.ablation.report import flags as ablation_flags
+from wrpo.ablation.report import format_difference
 from wrpo.ablation.report import show as show_ablation
 from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
@@ -211,10 +212,8 @@ def render_report(report: dict) -> str:
                   "| variant | mean reward | Δ vs wrpo | tics | content | " + " | ".join(report["tasks"]) + " |",
                   "|---|---|---|---|---|" + "---|" * len(report["tasks"])]
         for label, values in ablation["variants"].items():
-            difference = values.get("vs_wrpo")
-            delta = (f"{difference['mean']:+.3f} [{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]"
-                     if difference else "reference")
-            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | {delta} | "
+            lines.append(f"| {label} | {values['mean_reward']:.3f} ± {values['std']:.3f} | "
+                         f"{format_difference(values)} | "
                          f"{values['tic_share']:.2f} | {values['content_reward']:.3f} | "
                          + " | ".join(f"{values['per_category'][t]:.3f}" for t in report["tasks"]) + " |")
         lines += ["", *(f"- {line}" for line in ablation_flags(ablation)), "",
