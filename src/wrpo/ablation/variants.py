@@ -25,8 +25,8 @@ from wrpo.data.construct import build_pairs, read_preference_prompts
 from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.errors import InputError
-from wrpo.pipeline.recipe import Recipe, config_class
-from wrpo.pipeline.stages import Stage, training_stage
+from wrpo.pipeline.recipe import Recipe, section_setting
+from wrpo.pipeline.stages import Stage, training_processes, training_stage
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,13 @@ class VariantRun:
     same_as: str | None = None  # the variant whose run this is, when the settings are the same
 
 
-def default_seed(section: str) -> int:
-    return config_class(section).__dataclass_fields__["seed"].default
-
-
 def plan_variants(recipe: Recipe, names: list[str], seeds: list[int]) -> list[VariantRun]:
     """The runs of every variant and seed, the data they train on written first. Needs the pipeline's
     outputs (target-sft, quadruples)."""
     layout, resources = recipe.layout, recipe.resources
     data = variant_data(recipe, {variant(name).data for name in names})
-    own_seed = recipe.wrpo.get("seed", default_seed("wrpo"))
+    own_seed = section_setting("wrpo", recipe.wrpo, "seed")
+    budget = sft_budget(recipe) if any(variant(name).kind == "sft" for name in names) else None
     runs = []
     for seed in seeds:
         for name in dict.fromkeys(["wrpo", *names]):  # wrpo first: the others are compared with it
@@ -94,7 +91,7 @@ def plan_variants(recipe: Recipe, names: list[str], seeds: list[int]) -> list[Va
                     runs.append(VariantRun(name, seed, layout.target_wrpo, None))
                     continue
             else:
-                settings = {**recipe.sft, **sft_budget(recipe), "seed": seed}
+                settings = {**recipe.sft, **budget, "seed": seed}
             output = layout.ablation_model(name, seed)
             stage = training_stage(f"ablation/seed{seed}/{name}", spec.kind, str(layout.target_sft), data[spec.data],
                                    output, settings, resources.devices_per_node, resources.device_type,
@@ -109,11 +106,10 @@ def plan_variants(recipe: Recipe, names: list[str], seeds: list[int]) -> list[Va
 def sft_budget(recipe: Recipe) -> dict:
     """The SFT variants' steps and batch: those of the recipe's WRPO run, so that they see as many
     examples as WRPO does."""
-    fields = config_class("wrpo").__dataclass_fields__
-    wrpo = {name: recipe.wrpo.get(name, fields[name].default)
+    wrpo = {name: section_setting("wrpo", recipe.wrpo, name)
             for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps")}
     resources = recipe.resources
-    processes = max(resources.devices_per_node, 1) * (resources.of("wrpo", "wrpo").nodes or 1)
+    processes = training_processes(resources.devices_per_node, resources.of("wrpo", "wrpo"))
     per_step = wrpo["per_device_train_batch_size"] * wrpo["gradient_accumulation_steps"] * processes
     rows = sum(1 for _ in read_rows(recipe.layout.quadruples))
     steps = wrpo["max_steps"] if wrpo["max_steps"] > 0 else math.ceil(math.ceil(rows / per_step)

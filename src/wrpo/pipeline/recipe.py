@@ -242,3 +242,8 @@ def config_class(section: str):
     from wrpo.training.sft import WRPOSFTConfig
 
     return {"sft": WRPOSFTConfig, "wrpo": WRPOConfig}[section]
+
+
+def section_setting(section: str, settings: dict[str, Any], name: str) -> Any:
+    """A training section's setting: its value in `settings` (config fields), else its config class's default."""
+    return settings.get(name, config_class(section).__dataclass_fields__[name].default)

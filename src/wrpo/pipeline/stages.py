@@ -17,7 +17,6 @@ section every stage is one process with no launcher.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 from wrpo.errors import InputError
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.pipeline.layout import Workdir
-from wrpo.pipeline.recipe import ModelSpec, Recipe, StageResources, config_class, distributed_type
+from wrpo.pipeline.recipe import ModelSpec, Recipe, StageResources, distributed_type, section_setting
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
     command = ("sft" if kind == "sft" else "train", "--model", model, "--data", str(data), "--output", str(output),
                "--config", str(settings_file))
     nodes = resources.nodes or 1
-    processes = max(devices_per_node, 1) * nodes
+    processes = training_processes(devices_per_node, resources)
     config = resources.accelerate_config
     files = {settings_file: yaml.safe_dump(settings, sort_keys=False)}
     if config is None and processes > 1 and device_type == "cpu":
@@ -178,10 +177,14 @@ def training_stage(name: str, kind: str, model: str, data: Path, output: Path, s
     return Stage(name, kind, [model, str(data)], settings, [output], steps, how, resources, files)
 
 
+def training_processes(devices_per_node: int, resources: StageResources) -> int:
+    """The processes a training stage runs on: one per device of each of its nodes (one without devices)."""
+    return max(devices_per_node, 1) * (resources.nodes or 1)
+
+
 def _batch_settings(kind: str, settings: dict) -> tuple[int, int]:
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class(kind))}
-    return (settings.get("per_device_train_batch_size", defaults["per_device_train_batch_size"]),
-            settings.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"]))
+    return (section_setting(kind, settings, "per_device_train_batch_size"),
+            section_setting(kind, settings, "gradient_accumulation_steps"))
 
 
 def sharded(layout: Workdir, command: tuple[str, ...], output: Path, shards: int, width: int,
