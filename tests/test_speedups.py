@@ -12,6 +12,7 @@ from wrpo.data import QuadrupleCollator, QuadrupleEncoder, load_quadruple_datase
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.training import WRPOConfig, WRPOTrainer, train
 from wrpo.training.logps import batch_logps
+from wrpo.training.packing import attention_by_units
 from wrpo.training.reference import with_reference_logps
 
 NAIVE = dict(share_prompt=False, chunk_size=0, padding_free=False)
@@ -174,9 +175,24 @@ def test_length_grouped_batches_need_less_padding_and_hold_every_example_once(ti
     assert padding("group_by_length") < 0.5 * padding("random")
 
 
-def test_activation_checkpointing_turns_the_shared_prompt_and_packing_off(tmp_path):
-    settings = config(tmp_path, activation_checkpointing=True)
-    assert settings.share_prompt is False and settings.padding_free is False
+def test_packing_under_activation_checkpointing_recomputes_through_the_packed_attention(setting, tmp_path):
+    """The recompute in backward runs after packed_logps returns: inside attention_by_units (as the trainer's
+    training_step keeps it) it attends by units; a recompute with the model's plain attention would give other
+    gradients. The shared prompt needs the key/value cache that checkpointing turns off."""
+    tokenizer, model, dataset = setting
+    examples = [dataset[i] for i in range(6)]
+    naive_logps, _, naive_grads = logps_and_gradients(model, tokenizer, examples, **NAIVE)
+    model.activation_checkpointing_enable()
+    model.train()
+    with attention_by_units(model):
+        logps, _, grads = logps_and_gradients(model, tokenizer, examples, True, 7, padding_free=True)
+    torch.testing.assert_close(logps, naive_logps, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    assert config(tmp_path, activation_checkpointing=True).padding_free is True
+    settings = config(tmp_path, activation_checkpointing=True, padding_free=False)
+    assert settings.share_prompt is False
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "gpt2", "gpt_neox"])
@@ -274,10 +290,80 @@ def test_a_plain_cpu_run_imports_neither_deepspeed_nor_trl(tiny_model, tmp_path)
     assert "DeepSpeed" not in done.stderr and "real_accelerator" not in done.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen FlashAttention kernel needs a GPU")
-def test_padding_free_on_a_gpu_in_bf16_equals_the_naive_log_probs(setting):
+def sdpa_per_sequence(query, key, value, cu_seq_q, cu_seq_k, scale=None, causal=True):
+    """What a varlen kernel computes, [Tq, heads, D] -> [Tq, heads, D]: each sequence attends within itself,
+    causally aligned to its last key (lower right)."""
+    pieces = []
+    for b in range(len(cu_seq_q) - 1):
+        q, k, v = (t[int(c[b]): int(c[b + 1])].transpose(0, 1)
+                   for t, c in ((query, cu_seq_q), (key, cu_seq_k), (value, cu_seq_k)))
+        assert q.shape[0] == k.shape[0], "the kernel was handed fewer key heads than query heads"
+        i, j = torch.arange(q.shape[1])[:, None], torch.arange(k.shape[1])[None]
+        mask = j <= i + k.shape[1] - q.shape[1] if causal else None
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale))
+    return torch.cat(pieces, dim=1).transpose(0, 1)
+
+
+def torch_2_9_form(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    calls.append({"is_causal": is_causal, "key_heads": key.shape[1]})
+    return sdpa_per_sequence(query, key, value, cu_seq_q, cu_seq_k, causal=is_causal)
+
+
+def torch_2_11_form(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1)):
+    calls.append({"window_size": window_size, "scale": scale, "key_heads": key.shape[1]})
+    return sdpa_per_sequence(query, key, value, cu_seq_q, cu_seq_k, scale, causal=window_size == (-1, 0))
+
+
+def torch_2_12_form(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1), enable_gqa=False):
+    calls.append({"window_size": window_size, "enable_gqa": enable_gqa, "key_heads": key.shape[1]})
+    if enable_gqa:
+        key, value = (t.repeat_interleave(query.shape[1] // t.shape[1], dim=1) for t in (key, value))
+    return sdpa_per_sequence(query, key, value, cu_seq_q, cu_seq_k, scale, causal=window_size == (-1, 0))
+
+
+def flash_attn_form(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                    softmax_scale=None, causal=False):
+    calls.append({"causal": causal, "softmax_scale": softmax_scale, "key_heads": k.shape[1]})
+    k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))  # groups natively
+    return sdpa_per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+
+
+flash_attn_form.__module__ = "flash_attn.flash_attn_interface"
+calls: list[dict] = []
+
+
+@pytest.mark.parametrize("form, expected", [
+    (torch_2_9_form, {"is_causal": True, "key_heads": 4}),
+    (torch_2_11_form, {"window_size": (-1, 0), "scale": 8 ** -0.5, "key_heads": 4}),
+    (torch_2_12_form, {"window_size": (-1, 0), "enable_gqa": True, "key_heads": 2}),
+    (flash_attn_form, {"causal": True, "softmax_scale": 8 ** -0.5, "key_heads": 2}),
+], ids=["torch-2.9", "torch-2.11", "torch-2.12", "flash-attn"])
+def test_each_varlen_kernel_signature_is_called_in_its_own_form_and_gives_the_naive_result(
+        setting, monkeypatch, form, expected):
+    """On a GPU the packed layout runs through one varlen call; here a stand-in with each signature records its
+    arguments and computes with SDPA. The tiny Llama has 4 query heads over 2 key/value heads."""
+    from wrpo.training import packing
+
     tokenizer, model, dataset = setting
-    model = model.cuda()
+    examples = [dataset[i] for i in range(6)]
+    naive_logps, _, naive_grads = logps_and_gradients(model, tokenizer, examples, **NAIVE)
+    monkeypatch.setattr(packing, "varlen_kernel_for", lambda query: packing.VarlenKernel.of(form))
+    calls.clear()
+    logps, _, grads = logps_and_gradients(model, tokenizer, examples, True, 7, padding_free=True)
+    assert calls and all(call == expected for call in calls), calls[0]
+    torch.testing.assert_close(logps, naive_logps, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen FlashAttention kernel needs a GPU")
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16])
+def test_padding_free_on_a_gpu_in_bf16_equals_the_naive_log_probs(setting, weights):
+    tokenizer, model, dataset = setting
+    model = model.to("cuda", weights)
     examples = [dataset[i] for i in range(6)]
 
     def logps(**layout):

@@ -31,6 +31,9 @@ def apply_cpu_defaults(args: TrainingArguments) -> None:
         args.use_cpu = True
 
 
+MODEL_DTYPES = ("float32", "bfloat16")
+
+
 @dataclass
 class PaperTrainingDefaults:
     """What the SFT and WRPO stages share on top of TrainingArguments: the paper's schedule (1 epoch,
@@ -50,12 +53,26 @@ class PaperTrainingDefaults:
     ddp_find_unused_parameters: bool | None = False
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision; default: on when the GPU supports it."})
+    model_dtype: str = field(default="float32", metadata={
+        "help": "Dtype the weights are loaded and trained in: float32 (bf16 then runs as autocast over float32 "
+                "weights) or bfloat16 (half the weight memory, as with ZeRO-3's bf16 weights; without float32 "
+                "master weights in the optimizer, updates below bf16's resolution, such as WRPO's 3e-7 learning "
+                "rate on most weights, are rounded away)."})
 
     def __post_init__(self):
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        if self.model_dtype == "bfloat16" and self.fp16:
+            raise ValueError("model_dtype bfloat16 cannot train with fp16 mixed precision (its loss scaler needs "
+                             "float32 weights): set bf16 instead of fp16, or model_dtype float32")
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         apply_cpu_defaults(self)
         super().__post_init__()
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return getattr(torch, self.model_dtype)
 
 
 @dataclass
@@ -135,8 +152,8 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
         super().__post_init__()
         if self.reference_batch_size is None:
             self.reference_batch_size = 4 * self.per_device_train_batch_size
-        if self.activation_checkpointing and (self.share_prompt or self.padding_free):
-            # Activation checkpointing turns the key/value cache off, which the shared prompt needs, and
-            # recomputes each layer in backward, after the packed layout's attention has been switched back.
-            logger.warning("activation_checkpointing is on: share_prompt and padding_free are turned off")
-            self.share_prompt = self.padding_free = False
+        if self.activation_checkpointing and self.share_prompt and not self.padding_free:
+            # Activation checkpointing turns the key/value cache off, which the shared prompt needs (the
+            # padding-free layout shares the prompt without a cache).
+            logger.warning("activation_checkpointing is on: share_prompt is turned off")
+            self.share_prompt = False

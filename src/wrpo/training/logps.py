@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wrpo.data.dataset import QuadrupleCollator
 from wrpo.losses import ResponseLogps
-from wrpo.training.packing import attention_by_units
+from wrpo.training.packing import PackedUnits, attention_by_units
 
 
 def _logit_transform(config):
@@ -47,9 +47,12 @@ def _unwrapped_config(model):
 
 def head_token_logps(model, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """log p(labels) [T] from final hidden states [T, H] through the model's output head, in chunks
-    of chunk_size tokens (all at once when chunk_size <= 0)."""
+    of chunk_size tokens (all at once when chunk_size <= 0). Run it under the autocast the model's forward
+    ran in (WRPOTrainer does): the head then computes in half precision like the model's own."""
     head = getattr(model, "module", model).get_output_embeddings()
     transform = _logit_transform(_unwrapped_config(model))
+    if not torch.is_autocast_enabled(hidden.device.type):
+        hidden = hidden.to(head.weight.dtype)  # bf16 weights; the forward may hand back float32 outputs
 
     def chunk_logps(hidden_chunk: torch.Tensor, labels_chunk: torch.Tensor) -> torch.Tensor:
         logits = transform(head(hidden_chunk)).float()  # [chunk, V]
@@ -67,6 +70,23 @@ def head_token_logps(model, hidden: torch.Tensor, labels: torch.Tensor, chunk_si
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
+def forward_with_final_hidden(model, chunk_size: int, **inputs):
+    """(the model's output, its final hidden states [.., H] or None): with chunk_size > 0 the logits of the
+    last position only, and the final hidden states (after the last norm) for the chunked head, taken from
+    the decoder's output by a hook rather than with output_hidden_states, which would keep every layer's
+    hidden states (and accelerate's mixed precision would hand each back as a float32 copy)."""
+    if chunk_size <= 0:
+        return model(**inputs), None
+    captured = []
+    decoder = getattr(model, "module", model).get_decoder()
+    hook = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        out = model(**inputs, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return out, captured[-1]
+
+
 def _sum_per_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
     return torch.zeros(num_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
 
@@ -80,10 +100,10 @@ def full_sequence_logps(model, input_ids, attention_mask, response_mask, chunk_s
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         token_logps = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, reduction="none")
         return token_logps.masked_fill(~mask, 0.0).sum(dim=-1), counts
-    hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
+    _, hidden = forward_with_final_hidden(model, chunk_size, input_ids=input_ids, attention_mask=attention_mask,
+                                          use_cache=False)
     rows, positions = mask.nonzero(as_tuple=True)
-    token_logps = head_token_logps(model, hidden[rows, positions], labels[rows, positions], chunk_size)
+    token_logps = head_token_logps(model, hidden[:, :-1][rows, positions], labels[rows, positions], chunk_size)
     return _sum_per_row(token_logps, rows, input_ids.shape[0]), counts
 
 
@@ -100,9 +120,9 @@ def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_m
     prompt_lengths = prompt_mask.sum(dim=-1).repeat_interleave(per_prompt)  # [N]
     positions = prompt_lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, dim=0), response_mask.long()], dim=1)
-    response_out = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
-                         cache=cache, use_cache=True, output_hidden_states=chunk_size > 0,
-                         logits_to_keep=1 if chunk_size > 0 else 0)
+    response_out, response_hidden = forward_with_final_hidden(
+        model, chunk_size, input_ids=response_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
+        use_cache=True)
 
     # The first response token is predicted by the prompt's last logit, token t+1 by response position t.
     # Indexing (not repeating) the prompts' log-probs keeps autograd from saving one [vocab] row per response.
@@ -114,19 +134,19 @@ def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_m
         token_logps = -F.cross_entropy(response_out.logits[:, :-1].float().transpose(1, 2), labels, reduction="none")
         return first + token_logps.masked_fill(~mask, 0.0).sum(dim=-1), response_mask.sum(dim=-1).float()
     rows, positions = mask.nonzero(as_tuple=True)
-    rest = head_token_logps(model, response_out.hidden_states[-1][rows, positions], labels[rows, positions], chunk_size)
+    rest = head_token_logps(model, response_hidden[rows, positions], labels[rows, positions], chunk_size)
     return first + _sum_per_row(rest, rows, response_ids.shape[0]), response_mask.sum(dim=-1).float()
 
 
 def packed_logps(model, batch: dict, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed response log-probs [N], response token counts [N]) from the collator's padding_free layout."""
     with attention_by_units(model):
-        out = model(input_ids=batch["packed_ids"], position_ids=batch["position_ids"], use_cache=False,
-                    attention_units=batch["attention_units"].tolist(), output_hidden_states=chunk_size > 0,
-                    logits_to_keep=1 if chunk_size > 0 else 0)
+        out, hidden = forward_with_final_hidden(
+            model, chunk_size, input_ids=batch["packed_ids"], position_ids=batch["position_ids"], use_cache=False,
+            attention_units=PackedUnits(batch["attention_units"].tolist(), batch["packed_ids"].device))
     predictors, labels = batch["predictor_positions"], batch["packed_ids"][0, batch["label_positions"]]
     if chunk_size > 0:
-        token_logps = head_token_logps(model, out.hidden_states[-1][0, predictors], labels, chunk_size)
+        token_logps = head_token_logps(model, hidden[0, predictors], labels, chunk_size)
     else:
         token_logps = -F.cross_entropy(out.logits[0, predictors].float(), labels, reduction="none")
     lengths = batch["response_lengths"]
@@ -138,10 +158,10 @@ def head_reproduces_logits(model, input_ids: torch.Tensor) -> bool:
     wrpo knows) gives the model's own log-probs. Some architectures scale their logits in ways a
     config key does not tell (Granite divides by logits_scaling); for those the chunked head is off."""
     with torch.no_grad():
-        out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-        own = out.logits[0].float().log_softmax(dim=-1)
+        own = model(input_ids=input_ids, use_cache=False).logits[0].float().log_softmax(dim=-1)
         labels = own.argmax(dim=-1)
-        ours = head_token_logps(model, out.hidden_states[-1][0], labels, chunk_size=0)
+        _, hidden = forward_with_final_hidden(model, 1, input_ids=input_ids, use_cache=False)
+        ours = head_token_logps(model, hidden[0], labels, chunk_size=0)
     return torch.allclose(ours, own.gather(1, labels[:, None])[:, 0], atol=1e-3, rtol=1e-3)
 
 

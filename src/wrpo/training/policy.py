@@ -1,4 +1,4 @@
-"""The policy a WRPO run trains: loaded in float32 (4-bit NF4 for QLoRA) and given LoRA adapters when
+"""The policy a WRPO run trains: loaded in config.model_dtype (4-bit NF4 for QLoRA) and given LoRA adapters when
 the config asks for them. `train()` and WRPOTrainer (given a model path or object) both build it here."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from wrpo.modeling import load_causal_lm
 
 
 def load_policy(name_or_path: str, config):
-    """The model at `name_or_path` as config says to train it. Weights stay float32 even with bf16 on:
-    bf16 runs as autocast over float32 master weights, since WRPO's learning rates (3e-7) are below bf16's
-    resolution for the weights themselves. (DeepSpeed with bf16 keeps bf16 weights and float32 master
-    copies in its optimizer instead.)"""
-    policy = load_causal_lm(name_or_path, dtype=torch.float32, quantization_config=four_bit_config(config))
+    """The model at `name_or_path` as config says to train it: in config.model_dtype, float32 by default even
+    with bf16 on, which then runs as autocast over float32 master weights, since WRPO's learning rates (3e-7)
+    are below bf16's resolution for the weights themselves. (DeepSpeed with bf16 keeps bf16 weights and
+    float32 master copies in its optimizer instead.)"""
+    policy = load_causal_lm(name_or_path, dtype=config.weights_dtype,
+                            quantization_config=four_bit_config(config))
     return with_lora(policy, config) if config.lora_r > 0 else policy
 
 

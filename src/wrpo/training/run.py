@@ -52,11 +52,11 @@ def train(model: str, data, config: WRPOConfig, *, ref_model: str | None = None,
         encoder = QuadrupleEncoder(tokenizer, config.max_length, config.max_prompt_length, config.top_k_sources)
         dataset = load_quadruple_dataset(sources, encoder, config.source_weighting)
         say(f"data: {encoder.report.describe()}")
-        policy = load_policy(model, config)  # float32 (4-bit for QLoRA), with LoRA adapters when asked
+        policy = load_policy(model, config)  # model_dtype (4-bit for QLoRA), with LoRA adapters when asked
         # Not held here: with precomputed reference log-probs the trainer lets go of it once they exist.
         needs_reference = ref_model is not None and config.loss not in REFERENCE_FREE
         trainer = WRPOTrainer(model=policy, args=config, train_dataset=dataset, processing_class=tokenizer,
-                              ref_model=load_causal_lm(ref_model, dtype=torch.float32) if needs_reference else None,
+                              ref_model=ref_model if needs_reference else None,
                               callbacks=list(callbacks))
         fit_and_save(trainer, output_dir, resume)
         if config.merge_lora and trainer.is_world_process_zero():

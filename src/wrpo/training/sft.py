@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import torch
 from trl import SFTConfig, SFTTrainer
 
 from wrpo.data.records import FirstSeen, field_of, parse_prompt, parse_text, read_rows, row_failer, stable_prompt_id
@@ -72,8 +71,9 @@ def sft(model: str, data: str | Path | Sequence[str | Path], config: WRPOSFTConf
     def fit() -> None:
         tokenizer = load_tokenizer(model)
         dataset = load_sft_dataset(data, tokenizer)
-        trainer = SFTTrainer(model=load_causal_lm(model, dtype=torch.float32), args=config, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=[MetricsFileCallback(output_dir), *callbacks])
+        trainer = SFTTrainer(model=load_causal_lm(model, dtype=config.weights_dtype), args=config,
+                             train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[MetricsFileCallback(output_dir), *callbacks])
         fit_and_save(trainer, output_dir, resume)
 
     return run_once(output_dir, run_fingerprint(config, model, data), resume, fit)

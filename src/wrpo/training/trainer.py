@@ -32,6 +32,7 @@ from wrpo.progress import console, is_main_process
 from wrpo.training.callbacks import MetricsFileCallback
 from wrpo.training.config import WRPOConfig
 from wrpo.training.logps import batch_logps, head_reproduces_logits, packing_reproduces_logps, split_responses
+from wrpo.training.packing import attention_by_units
 from wrpo.training.policy import is_peft_model, load_policy, with_lora
 from wrpo.training.reference import with_reference_logps
 from wrpo.training.schedules import alpha_at
@@ -85,7 +86,7 @@ class WRPOTrainer(Trainer):
 
         WRPOTrainer(model=model_or_path, args=WRPOConfig(...), train_dataset=dataset, processing_class=tokenizer)
 
-    model: a causal LM, or its path (loaded in float32, 4-bit with load_in_4bit); given LoRA adapters
+    model: a causal LM, or its path (loaded in args.model_dtype, 4-bit with load_in_4bit); given LoRA adapters
     when args.lora_r > 0 and it has none yet. train_dataset / eval_dataset: a `datasets.Dataset` (or a
     list of dicts) of native or release-format rows, or a QuadrupleDataset already encoded; eval_dataset
     may also be a dict of them, named in the metrics as Trainer does. processing_class: the tokenizer,
@@ -104,7 +105,7 @@ class WRPOTrainer(Trainer):
         elif args.lora_r > 0 and not is_peft_model(model):
             model = with_lora(model, args)
         if isinstance(ref_model, str):
-            ref_model = load_causal_lm(ref_model, dtype=torch.float32)
+            ref_model = load_causal_lm(ref_model, dtype=args.weights_dtype)
         if processing_class is None:
             if not model_path:
                 raise ValueError("processing_class is None and the model has no name_or_path to load a tokenizer "
@@ -222,7 +223,10 @@ class WRPOTrainer(Trainer):
         return alpha_at(self.state.global_step, self.state.max_steps, self.args.alpha, self.args.alpha_schedule)
 
     def _response_logps(self, model, inputs) -> tuple[ResponseLogps, ResponseLogps]:
-        logps, counts = batch_logps(model, inputs, self.args.logps_chunk_size)
+        # accelerate runs only the model's forward under autocast (and hands its outputs back in float32);
+        # the chunked output head after it must run in the same precision.
+        with self.accelerator.autocast():
+            logps, counts = batch_logps(model, inputs, self.args.logps_chunk_size)
         num_sources = inputs["source_weights"].shape[1]
         return split_responses(logps, num_sources), split_responses(counts, num_sources)
 
@@ -250,6 +254,11 @@ class WRPOTrainer(Trainer):
         batch = PreferenceLogps(policy=policy, reference=self._reference_logps(inputs), lengths=lengths,
                                 source_weights=inputs["source_weights"])
         return LOSSES[self.args.loss](batch, settings), policy, alpha
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # The backward runs inside too: activation checkpointing's recompute must attend by units as well.
+        with attention_by_units(model) if self.args.padding_free else contextlib.nullcontext():
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output, policy, alpha = self._loss_output(model, inputs)
