@@ -100,12 +100,30 @@ def zero3_launch(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("lora", [[], ["--lora-r", "4", "--merge-lora"]], ids=["full", "lora-merged"])
 def test_deepspeed_zero3_train_matches_one_process(tiny_model, quadruples, tmp_path, lora):
+    """With the chunked output head (logps_chunk_size's default): ZeRO-3 gathers the head's weight at each
+    chunk's call and reduces its gradient back to the shards."""
     common = [*TRAIN, *lora, "--model", str(tiny_model), "--data", str(quadruples)]
     run_wrpo([*common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
     run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"], zero3_launch(tmp_path))
-    # Not rewards/accuracies: ZeRO-3 computes full logits (no chunked head), and at step 2, where the policy
-    # still equals the reference, chosen > rejected is decided by rounding.
+    # Not rewards/accuracies: at step 2, where the policy still equals the reference, chosen > rejected is
+    # decided by rounding.
     assert_same_run(tmp_path / "one", tmp_path / "zero3", ("loss", "rewards/margins", "alpha"))
+
+
+def test_the_paper_recipes_wrpo_stage_bf16_under_zero3_follows_one_process(tiny_model, quadruples, tmp_path):
+    """recipes/llama3-8b-ultrafeedback.yaml's WRPO settings (bf16, DeepSpeed ZeRO-3, the chunked head and the
+    padding-free layout by default) on 2 CPU processes, against one process in bf16 autocast. DeepSpeed keeps
+    bf16 weights (float32 masters in its optimizer) where one process autocasts over float32 weights, and the
+    reference pass runs before DeepSpeed casts the weights: the runs agree within bf16 rounding."""
+    common = [*TRAIN, "--bf16", "--model", str(tiny_model), "--data", str(quadruples)]
+    run_wrpo([*common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
+    run_wrpo([*common, "--output", str(tmp_path / "zero3"), "--batch-size", "4"], zero3_launch(tmp_path))
+    one, zero3 = metrics(tmp_path / "one"), metrics(tmp_path / "zero3")
+    assert [m["step"] for m in zero3] == [1, 2, 3]
+    assert [m["loss"] for m in zero3] == pytest.approx([m["loss"] for m in one], abs=0.01)
+    # beta is 0.5 here (0.01 in the recipe): a log-prob rounded differently moves a margin 50 times as much.
+    assert [m["rewards/margins"] for m in zero3] == pytest.approx([m["rewards/margins"] for m in one], abs=0.03)
+    assert zero3[-1]["loss"] < zero3[0]["loss"] - 0.1  # and it learns: a broken gradient would not
 
 
 def test_deepspeed_zero3_sft_matches_one_process(tiny_model, tmp_path):

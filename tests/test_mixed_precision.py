@@ -92,7 +92,7 @@ def metrics(folder) -> list[dict]:
 def training(output_dir, **overrides) -> WRPOConfig:
     settings = dict(output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
                     beta=0.5, alpha=0.5, max_length=96, max_prompt_length=64, top_k_sources=2, save_steps=100,
-                    report_to="none", seed=3, use_cpu=True, bf16=True)
+                    report_to="none", seed=3)
     return WRPOConfig(**{**settings, **overrides})
 
 
@@ -106,19 +106,28 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+TRAINING_PRECISIONS = {
+    "bf16": dict(bf16=True),
+    "bf16-weights": dict(bf16=True, model_dtype="bfloat16"),
+    "fp16": dict(bf16=False, fp16=True),
+}
+
+
+@pytest.mark.parametrize("precision", TRAINING_PRECISIONS)
 @pytest.mark.parametrize("run", RUNS)
-def test_training_in_bf16_follows_the_float32_run(tiny_model, tmp_path, run, weights):
-    """`wrpo train` with bf16 on, the GPU default and the paper recipe's setting, over float32 or bf16 weights:
-    the same first-step loss (policy = reference), then losses within bf16 rounding of a float32 run."""
+def test_training_in_half_precision_follows_the_float32_run(tiny_model, tmp_path, run, precision):
+    """`wrpo train` with bf16 on (the GPU default and the paper recipe's setting) over float32 or bf16 weights,
+    or in fp16 autocast: the same first-step loss (policy = reference), then losses within half-precision
+    rounding of a float32 run."""
     data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
     train(str(tiny_model), data, training(tmp_path / "fp32", bf16=False, **RUNS[run]))
-    train(str(tiny_model), data, training(tmp_path / "bf16", model_dtype=weights, **RUNS[run]))
-    exact, half = metrics(tmp_path / "fp32"), metrics(tmp_path / "bf16")
+    train(str(tiny_model), data, training(tmp_path / "half", **TRAINING_PRECISIONS[precision], **RUNS[run]))
+    exact, half = metrics(tmp_path / "fp32"), metrics(tmp_path / "half")
     assert half[0]["loss"] == pytest.approx(0.693147, abs=1e-3)
     assert [m["loss"] for m in half] == pytest.approx([m["loss"] for m in exact], abs=0.05)
     if not run.startswith("lora"):  # a LoRA run saves its adapters alone
-        assert next(load_causal_lm(str(tmp_path / "bf16")).parameters()).dtype == getattr(torch, weights)
+        weights = torch.bfloat16 if precision == "bf16-weights" else torch.float32
+        assert next(load_causal_lm(str(tmp_path / "half")).parameters()).dtype == weights
 
 
 @pytest.mark.slow
@@ -127,7 +136,7 @@ def test_qlora_trains_in_bf16(tmp_path):
 
     model = save_tiny_llama(tmp_path / "llama64", hidden_size=64)  # bitsandbytes packs 64-wide blocks
     data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
-    train(str(model), data, training(tmp_path / "qlora", lora_r=4, load_in_4bit=True))
+    train(str(model), data, training(tmp_path / "qlora", lora_r=4, load_in_4bit=True, bf16=True))
     logged = metrics(tmp_path / "qlora")
     assert logged[0]["rewards/margins"] == pytest.approx(0, abs=1e-3) and logged[-1]["rewards/margins"] > 0
 
@@ -138,7 +147,7 @@ def test_sft_loads_bf16_weights_and_trains_in_bf16(tiny_model, tmp_path):
     rows = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen_target"]}
                                                  for r in varied_rows()])
     sft(str(tiny_model), rows, WRPOSFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, learning_rate=1e-2,
-                                             report_to="none", use_cpu=True, bf16=True, model_dtype="bfloat16",
+                                             report_to="none", bf16=True, model_dtype="bfloat16",
                                              per_device_train_batch_size=4, max_length=96))
     assert next(load_causal_lm(str(tmp_path / "out")).parameters()).dtype == torch.bfloat16
     losses = [m["loss"] for m in metrics(tmp_path / "out")]

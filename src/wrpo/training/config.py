@@ -8,7 +8,6 @@ Every setting is checked here, once, when the config is built.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -22,13 +21,13 @@ logger = logging.get_logger(__name__)
 
 
 def apply_cpu_defaults(args: TrainingArguments) -> None:
-    """Settings a machine without CUDA needs, applied before TrainingArguments resolves its device."""
-    if torch.cuda.is_available():
+    """Settings a machine without an accelerator needs, applied before TrainingArguments resolves its device."""
+    if torch.accelerator.is_available():
         return
     args.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Launched as several processes (torchrun): accelerate joins them over gloo only with use_cpu.
-        args.use_cpu = True
+    # The run is on the CPU anyway; saying so lets bf16 and fp16 autocast run there (transformers refuses them
+    # otherwise), and accelerate join several processes (torchrun) over gloo.
+    args.use_cpu = True
 
 
 MODEL_DTYPES = ("float32", "bfloat16")

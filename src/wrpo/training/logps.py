@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from wrpo.data.dataset import QuadrupleCollator
 from wrpo.losses import ResponseLogps
@@ -60,11 +61,15 @@ def head_token_logps(model, hidden: torch.Tensor, labels: torch.Tensor, chunk_si
 
     if chunk_size <= 0:
         return chunk_logps(hidden, labels)
+    # Under DeepSpeed ZeRO-3 the recompute must run as a forward of its own (reentrant), so that ZeRO-3's module
+    # hooks gather the head's weight for it: a frozen head (LoRA) is otherwise recomputed from its empty shard.
+    # Elsewhere not: DDP refuses a weight whose gradient arrives from several reentrant backward passes.
+    reentrant = is_deepspeed_zero3_enabled()
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         stop = start + chunk_size
         if torch.is_grad_enabled():
-            pieces.append(checkpoint(chunk_logps, hidden[start:stop], labels[start:stop], use_reentrant=False))
+            pieces.append(checkpoint(chunk_logps, hidden[start:stop], labels[start:stop], use_reentrant=reentrant))
         else:
             pieces.append(chunk_logps(hidden[start:stop], labels[start:stop]))
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)

@@ -154,20 +154,8 @@ class WRPOTrainer(Trainer):
         if args.disable_dropout:
             # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
             disable_dropout(self.model)
-        if args.logps_chunk_size > 0 and is_deepspeed_zero3_enabled():
-            # The chunked head reads the output weight directly, outside the module call through which
-            # ZeRO-3 gathers it (and gathers gradients back): the model's own logits are used instead.
-            logger.info("DeepSpeed ZeRO-3: logps_chunk_size set to 0")
-            self.args.logps_chunk_size = 0
-        if args.logps_chunk_size > 0 and train_dataset and not head_reproduces_logits(
-                self.model, torch.tensor([train_dataset[0].prompt_ids + train_dataset[0].target_ids],
-                                         device=self.args.device)):
-            logger.warning("the chunked output head does not reproduce this model's logits: logps_chunk_size set to 0")
-            self.args.logps_chunk_size = 0
-        if args.padding_free and train_dataset and not self._packing_reproduces_logps(train_dataset[0], pad_id):
-            logger.warning("this model's attention does not take the padding-free layout (a sliding window, or "
-                           "attention outside transformers' AttentionInterface): padding_free set to false")
-            self.args.padding_free = self.data_collator.padding_free = False
+        if train_dataset:
+            self._turn_off_speedups_the_model_cannot_take(train_dataset[0], pad_id)
         self.ref_model = None
         if needs_reference and args.precompute_ref_logps:
             # Before any checkpoint is loaded, the policy is the starting model: it serves as the
@@ -181,9 +169,17 @@ class WRPOTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._eval_prefix = "eval"
 
-    def _packing_reproduces_logps(self, example, pad_id: int) -> bool:
+    def _turn_off_speedups_the_model_cannot_take(self, example, pad_id: int) -> None:
         with whole_weights(self.model):
-            return packing_reproduces_logps(self.model, [example], pad_id, self.args.device)
+            ids = torch.tensor([example.prompt_ids + example.target_ids], device=self.args.device)
+            if self.args.logps_chunk_size > 0 and not head_reproduces_logits(self.model, ids):
+                logger.warning("the chunked output head does not reproduce this model's logits: "
+                               "logps_chunk_size set to 0")
+                self.args.logps_chunk_size = 0
+            if self.args.padding_free and not packing_reproduces_logps(self.model, [example], pad_id, self.args.device):
+                logger.warning("this model's attention does not take the padding-free layout (a sliding window, or "
+                               "attention outside transformers' AttentionInterface): padding_free set to false")
+                self.args.padding_free = self.data_collator.padding_free = False
 
     def _attach_reference_logps(self, reference) -> None:
         def attach(dataset):
