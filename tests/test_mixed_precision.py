@@ -152,3 +152,41 @@ def test_sft_loads_bf16_weights_and_trains_in_bf16(tiny_model, tmp_path):
     assert next(load_causal_lm(str(tmp_path / "out")).parameters()).dtype == torch.bfloat16
     losses = [m["loss"] for m in metrics(tmp_path / "out")]
     assert losses[-1] < losses[0]
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("run", ["defaults", "shared-prompt", "activation-checkpointing"])
+def test_training_on_a_gpu_in_bf16_follows_the_float32_run(tiny_model, tmp_path, run):
+    """On a GPU the packed layout goes through the varlen kernel; bf16 is the default there."""
+    data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
+    train(str(tiny_model), data, training(tmp_path / "fp32", bf16=False, **RUNS[run]))
+    train(str(tiny_model), data, training(tmp_path / "bf16", **RUNS[run]))
+    exact, half = metrics(tmp_path / "fp32"), metrics(tmp_path / "bf16")
+    assert [m["loss"] for m in half] == pytest.approx([m["loss"] for m in exact], abs=0.05)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_liger_layer_kernels_train_like_the_plain_run(tiny_model, tmp_path):
+    pytest.importorskip("liger_kernel")
+    from wrpo.training import WRPOTrainer
+
+    data = write_jsonl(tmp_path / "varied.jsonl", varied_rows())
+    tokenizer = load_tokenizer(str(tiny_model))
+
+    def run(name, **settings):
+        trainer = WRPOTrainer(model=str(tiny_model), args=training(tmp_path / name, **settings),
+                              train_dataset=[json.loads(line) for line in data.read_text().splitlines()],
+                              processing_class=tokenizer)
+        trainer.train()
+        return trainer, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    liger, liger_losses = run("liger", use_liger_kernel=True)
+    _, plain_losses = run("plain")
+    kinds = {type(module).__name__ for module in liger.model.modules()}
+    assert "LigerRMSNorm" in kinds and "LigerSwiGLUMLP" in kinds
+    assert liger_losses == pytest.approx(plain_losses, abs=0.05)

@@ -8,6 +8,7 @@ Every setting is checked here, once, when the config is built.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 import torch
@@ -53,10 +54,9 @@ class PaperTrainingDefaults:
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision; default: on when the GPU supports it."})
     model_dtype: str = field(default="float32", metadata={
-        "help": "Dtype the weights are loaded and trained in: float32 (bf16 then runs as autocast over float32 "
-                "weights) or bfloat16 (half the weight memory, as with ZeRO-3's bf16 weights; without float32 "
-                "master weights in the optimizer, updates below bf16's resolution, such as WRPO's 3e-7 learning "
-                "rate on most weights, are rounded away)."})
+        "help": "Dtype the weights are loaded and trained in: float32 (mixed precision autocasts over them) or "
+                "bfloat16. bfloat16 halves the weights' memory, but without float32 master weights in the optimizer "
+                "updates below its resolution (WRPO's 3e-7 learning rate on most weights) are rounded away."})
 
     def __post_init__(self):
         if self.model_dtype not in MODEL_DTYPES:
@@ -121,6 +121,17 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
     reference_cache_dir: str | None = field(default=None, metadata={
         "help": "Folder for cached reference log-probs; `wrpo train` uses DATA.wrpo-cache beside the data."})
 
+    activation_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Recompute each layer's activations in backward instead of keeping them; default: on with a GPU. "
+                "As in TRL: on a GPU a batch's activations outgrow the weights and optimizer state."})
+    use_liger_kernel: bool = field(default=False, metadata={
+        "help": "Liger's layer kernels (RMSNorm, SwiGLU, RoPE) on the policy; needs liger-kernel and a CUDA GPU. "
+                "Not its fused cross entropy: the chunked output head does that work."})
+    # Where use_liger_kernel is on: every kernel but the two cross entropies, which would replace the model's
+    # forward with one that computes a loss from labels (wrpo's log-probs need none).
+    liger_kernel_config: dict | None = field(
+        default_factory=lambda: {"cross_entropy": False, "fused_linear_cross_entropy": False})
+
     learning_rate: float = 3e-7
     remove_unused_columns: bool = False
     train_sampling_strategy: str = "group_by_length"
@@ -142,12 +153,16 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
             (self.lora_r >= 0, f"lora_r must be 0 (no LoRA) or positive, got {self.lora_r}"),
             (self.lora_r > 0 or not self.merge_lora, "merge_lora needs lora_r > 0"),
             (self.lora_r > 0 or not self.load_in_4bit, "load_in_4bit needs lora_r > 0: a 4-bit base cannot train"),
+            (not self.use_liger_kernel or importlib.util.find_spec("liger_kernel") is not None,
+             "use_liger_kernel needs liger-kernel (pip install 'wrpo[gpu]'), whose kernels run on CUDA GPUs"),
             (self.source_weighting in SOURCE_WEIGHTINGS,
              f"source_weighting must be one of {', '.join(SOURCE_WEIGHTINGS)}, got {self.source_weighting!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = torch.cuda.is_available()
         super().__post_init__()
         if self.reference_batch_size is None:
             self.reference_batch_size = 4 * self.per_device_train_batch_size

@@ -21,6 +21,7 @@ import accelerate.utils.other
 import torch
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled, is_fsdp_enabled
+from transformers.integrations.liger import apply_liger_kernel
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
@@ -151,6 +152,10 @@ class WRPOTrainer(Trainer):
             # Trainer leaves an FSDP model where it was loaded (the CPU) for FSDP to shard when training
             # starts; the passes below run before that, on this process's device.
             self.model.to(self.args.device)
+        if args.use_liger_kernel:
+            # Before the passes below (the reference's among them), so that they compute as training will;
+            # Trainer applies them again when training starts, which changes nothing.
+            apply_liger_kernel(self.model, args.liger_kernel_config)
         if args.disable_dropout:
             # Dropout makes the policy differ from the reference (in eval mode) even at step 0.
             disable_dropout(self.model)
