@@ -10,7 +10,7 @@ ENGINES ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-distributed test-engines test-slurm test-oldest lint clean
+.PHONY: install demo test test-distributed test-engines test-slurm test-oldest gpu-check lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) $(ENGINES)
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ test-engines:
 # Installs slurm-wlm and munge with apt-get if slurmctld is missing (root); fails, not skips, without them.
 test-slurm:
 	WRPO_SLURM_REQUIRED=1 $(MAKE) test TIERS=slurm
+
+# On a machine with one CUDA GPU, with a CUDA build of PyTorch: make gpu-check TORCH=torch (in a fresh venv:
+# make clean first if .venv holds the CPU build). The `gpu` tests, then the training benchmark's CUDA points
+# (bf16; the 1.35B and 3B points, each runner once) into benchmarks/train_throughput_cuda.json, sized for
+# under 8 minutes on one H200. It adds the gpu extra (liger-kernel) to the venv.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "import torch, sys; sys.exit(None if torch.cuda.is_available() else 'no CUDA GPU for torch: make gpu-check TORCH=torch')"
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) -e ".[dev,gpu]"
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch-extensions $(BIN)/python -m pytest -q -m gpu
+	$(BIN)/python benchmarks/train_throughput.py --device cuda --repeats 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
