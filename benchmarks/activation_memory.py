@@ -28,8 +28,9 @@ LAYOUTS = {  # name: (collator settings, output-head chunk size)
     "padding-free, chunked head (default)": (dict(share_prompt=True, padding_free=True), 1024),
     "shared prompt, chunked head": (dict(share_prompt=True, padding_free=False), 1024),
     "full rows, chunked head": (dict(share_prompt=False, padding_free=False), 1024),
-    "naive (full rows, full logits)": (dict(share_prompt=False, padding_free=False), 0),
 }
+# Not the naive full logits: they are [tokens, vocabulary] in float32 for backward (500 KiB per token here), and a
+# CPU without bf16 units takes hours over them in bf16.
 
 
 def quadruples(count: int, vocab: int, seed: int = 0) -> list[EncodedQuadruple]:
