@@ -10,7 +10,7 @@ repeats; the table reports medians.
 
 --device cpu (the default): 4-layer models of width 256 or 512 and vocabulary 8k, 32k or 128k, 64
 quadruples with prompts of 20-80 words and responses of 30-150 words (short) or 150-400 (long), batch 8,
-in fp32. Output: benchmarks/train_throughput.json.
+in fp32 (but for the -bf16 runners and TRL's default). Output: benchmarks/train_throughput.json.
 --device cuda: bf16 mixed precision (the Trainer's bf16=True over float32 weights) on one GPU, two points:
 1.35b-128k (hidden 2048, 16 layers, untied 128k head; 256 quadruples, responses 100-400, batch 16) and
 3b-2048 (a 3B-shaped Llama with grouped-query attention at sequence length up to 2048, micro-batch 2,
@@ -24,6 +24,9 @@ JSON goes to a temporary folder unless --output says where.
   wrpo-compile    the same with torch_compile=True (not in the default runners: see --runners)
   naive           the same trainer with every technique off: the paper code's way (three padded prompt +
                   response rows, full float32 logits, a reference forward every step, random batches)
+  wrpo-bf16       wrpo and naive with bf16=True: bf16 mixed precision (autocast over float32 weights), the
+  naive-bf16      CUDA grid's precision, on the CPU grid (not in the default runners; the CUDA grid skips
+                  them: its wrpo and naive are these)
   trl-default     TRL's DPOTrainer on (y_ws, y_l) pairs with its defaults (bf16 autocast)
   trl-fast        TRL's DPOTrainer with its fastest CPU settings (fp32; CPU grid)
   trl-precompute  TRL's defaults with precompute_ref_log_probs=True (CUDA grid)
@@ -38,9 +41,10 @@ reference pass, training). steady/s: examples per optimizer step (batch x accumu
 step after the first (CPU) or the first two (CUDA). MFU: the model FLOPs of the steady steps (forward and
 backward over each distinct token of the examples they trained once: the prompt once, each response once,
 the output head on response tokens only, causal attention pairs) over those steps' time, against the best
-matmul rate measured on this machine (fp32 2048x2048 on a CPU, bf16 8192x8192 on a GPU). TRL's examples
-are pairs (two responses, no y_wt), so its FLOPs and examples/s count pairs. Memory: the process's
-maximum resident MB on a CPU, torch.cuda.max_memory_allocated (GiB) on a GPU.
+matmul rate measured on this machine (fp32 2048x2048 on a CPU, its fastest, for the bf16 rows too: the
+rate they could have had; bf16 8192x8192 on a GPU). TRL's examples are pairs (two responses, no y_wt), so
+its FLOPs and examples/s count pairs. Memory: the process's maximum resident MB on a CPU,
+torch.cuda.max_memory_allocated (GiB) on a GPU.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-RUNNERS = ("wrpo", "wrpo-compile", "naive", "trl-default", "trl-fast", "trl-precompute", "trl-liger")
+RUNNERS = ("wrpo", "wrpo-compile", "naive", "wrpo-bf16", "naive-bf16", "trl-default", "trl-fast", "trl-precompute",
+           "trl-liger")
 DEFAULT_RUNNERS = {"cpu": ("wrpo", "naive", "trl-default", "trl-fast"),
                    "cuda": ("wrpo", "naive", "trl-default", "trl-precompute", "trl-liger")}
 OUTPUTS = {"cpu": Path("benchmarks/train_throughput.json"), "cuda": Path("benchmarks/train_throughput_cuda.json")}
@@ -140,6 +145,12 @@ class Mode:
 
 
 MODES = {"cpu": Mode("cpu", bf16=False, warmup_steps=1), "cuda": Mode("cuda", bf16=True, warmup_steps=2)}
+BF16 = "-bf16"  # a runner's suffix: its wrpo trainer in bf16 mixed precision, whatever its grid's mode
+
+
+def runner_mode(runner: str, mode: Mode) -> Mode:
+    """The mode a runner's process trains in: its grid's, in bf16 for a -bf16 runner."""
+    return replace(mode, bf16=True) if runner.endswith(BF16) else mode
 
 
 def resident_mb() -> float:
@@ -314,7 +325,7 @@ def run_wrpo(work: Path, point: Point, mode: Mode, runner: str, phases: dict) ->
     phase(phases, "data encoded")
     switches = {"naive": dict(precompute_ref_logps=False, padding_free=False, share_prompt=False, logps_chunk_size=0,
                               train_sampling_strategy="random"),
-                "wrpo-compile": dict(torch_compile=True)}.get(runner, {})
+                "wrpo-compile": dict(torch_compile=True)}.get(runner.removesuffix(BF16), {})
     args = WRPOConfig(output_dir=str(work / f"out-{runner}"), per_device_train_batch_size=point.batch_size,
                       gradient_accumulation_steps=point.gradient_accumulation, num_train_epochs=1,
                       learning_rate=1e-5, beta=0.1, max_length=point.max_length,
@@ -379,6 +390,8 @@ def child(runner: str, work: Path, mode: Mode, launched: float) -> None:
 
 def skip_reason(runner: str, mode: Mode) -> str | None:
     """Why a runner cannot run here, or None."""
+    if runner.endswith(BF16) and mode.bf16:
+        return f"this grid's {runner.removesuffix(BF16)} trains in bf16 already"
     if runner != "trl-liger":
         return None
     if mode.device != "cuda":
@@ -391,10 +404,11 @@ def skip_reason(runner: str, mode: Mode) -> str | None:
 def measure(runner: str, work: Path, mode: Mode, threads: int | None = None) -> dict:
     """One run in a fresh process: its result, or {"error": the end of what it printed} if it failed."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads)} if threads else None
+    bf16 = "--bf16" if runner_mode(runner, mode).bf16 else "--no-bf16"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--child", runner, "--work", str(work),
-                           "--launched", str(time.time()), "--device", mode.device,
-                           "--bf16" if mode.bf16 else "--no-bf16"], capture_output=True, text=True, env=env)
+                           "--launched", str(time.time()), "--device", mode.device, bf16],
+                          capture_output=True, text=True, env=env)
     whole = time.perf_counter() - start
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:

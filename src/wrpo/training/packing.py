@@ -11,9 +11,10 @@ Two ways to compute it, equal to float tolerance:
 - one varlen call (GPU, half precision): FlashAttention over all units at once, each unit's keys gathered
   as its prefix followed by itself, so the kernel's causal mask (aligned to the last key) is the lower-right
   one. torch's `varlen_attn` (2.9+) or flash-attn's `flash_attn_varlen_func`, in the form each accepts.
-- one scaled_dot_product_attention over the units padded to a common length, with a boolean mask: on CPU
-  (no varlen kernel there; flex attention needs a torch.compile per shape), in float32 on a GPU, and on a
-  torch without varlen. One call per layer, not one per unit: on a GPU each call is a kernel launch.
+- scaled_dot_product_attention over the units padded to a common length in a few groups of similar length,
+  with a boolean mask: on CPU (no varlen kernel there; flex attention needs a torch.compile per shape), in
+  float32 on a GPU, and on a torch without varlen. A handful of calls per layer, not one per unit: on a GPU
+  each call is a kernel launch.
 
 Mixed precision: under autocast the rotary embedding hands back float32 query/key beside a half-precision
 value; both kernels need one dtype, so all three are cast to the autocast dtype, as SDPA's own autocast
@@ -121,23 +122,38 @@ class PackedUnits:
                 int(self.query_lengths.max()), int(self.key_lengths.max()))
 
     @cached_property
-    def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(query_index [U, Lq], key_index [U, Lk], mask [U, 1, Lq, Lk], valid [U, Lq]) of the units padded to
-        the longest: unit u's query i attends its key j when j < m_u and j <= i + m_u - n_u (lower-right
-        causal). Padded queries repeat the unit's last token and attend to its keys, so no row of the mask is
-        empty (an empty row gives NaN); their outputs are dropped."""
-        starts = torch.tensor([start for _, _, start, _ in self.units])[:, None]
-        prefix_starts = torch.tensor([prefix_start for prefix_start, _, _, _ in self.units])[:, None]
-        n, m = self.query_lengths[:, None], self.key_lengths[:, None]
-        prefix = m - n
-        i = torch.arange(int(n.max()))[None]
-        j = torch.arange(int(m.max()))[None]
-        query_index = starts + torch.minimum(i, n - 1)
-        key_index = torch.where(j < prefix, prefix_starts + j, starts + (j - prefix).clamp(min=0, max=None))
-        key_index = torch.where(j < m, key_index, starts)
-        mask = (j[:, None, :] < m[:, :, None]) & (j[:, None, :] <= i[:, :, None] + prefix[:, :, None])
-        return (query_index.to(self.device), key_index.to(self.device), mask[:, None].to(self.device),
-                (i < n).to(self.device))
+    def padded(self) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+        """([(query_index [G, Lq], key_index [G, Lk], mask [G, 1, Lq, Lk], valid [G, Lq]) per group], order):
+        the units in groups of similar length (longest first, a group closing where a unit is under four fifths
+        of its first), each padded to its longest, so that padding costs little and the calls are few (about
+        log(longest / shortest) / log(1.25) per layer; on CPU as fast as one call per unit was). Unit u's query i attends its key j when j < m_u and
+        j <= i + m_u - n_u (lower-right causal). Padded queries repeat the unit's last token and attend to its
+        keys, so no row of the mask is empty (an empty row gives NaN); their outputs are dropped. `order` puts
+        the groups' valid outputs, concatenated, back in the row's token order."""
+        by_length = sorted(range(len(self.units)), key=lambda u: -int(self.query_lengths[u]))
+        groups, current = [], []
+        for unit in by_length:
+            if current and 5 * int(self.query_lengths[unit]) < 4 * int(self.query_lengths[current[0]]):
+                groups.append(current)
+                current = []
+            current.append(unit)
+        groups.append(current)
+        tensors, positions = [], []
+        for members in groups:
+            index = torch.tensor(members)
+            starts = torch.tensor([self.units[u][2] for u in members])[:, None]
+            prefix_starts = torch.tensor([self.units[u][0] for u in members])[:, None]
+            n, m = self.query_lengths[index][:, None], self.key_lengths[index][:, None]
+            prefix = m - n
+            i, j = torch.arange(int(n.max()))[None], torch.arange(int(m.max()))[None]
+            query_index = starts + torch.minimum(i, n - 1)
+            key_index = torch.where(j < prefix, prefix_starts + j, starts + (j - prefix).clamp(min=0))
+            key_index = torch.where(j < m, key_index, starts)
+            mask = (j[:, None, :] < m[:, :, None]) & (j[:, None, :] <= i[:, :, None] + prefix[:, :, None])
+            valid = i < n
+            positions.append(query_index[valid])
+            tensors.append(tuple(t.to(self.device) for t in (query_index, key_index, mask[:, None], valid)))
+        return tensors, torch.cat(positions).argsort().to(self.device)
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -161,16 +177,18 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 
 def _padded_units_attention(query, key, value, units: PackedUnits, scaling, dropout) -> torch.Tensor:
-    query_index, key_index, mask, valid = units.padded
+    groups, order = units.padded
 
-    def gather(tensor, index):  # [1, heads, T, D] -> [U, heads, L, D]
+    def gather(tensor, index):  # [1, heads, T, D] -> [G, heads, L, D]
         return tensor[0][:, index.reshape(-1)].unflatten(1, index.shape).transpose(0, 1)
 
-    output = F.scaled_dot_product_attention(gather(query, query_index), gather(key, key_index),
-                                            gather(value, key_index), attn_mask=mask, dropout_p=dropout,
-                                            scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
-    # Units tile the row in order, so their unpadded queries, unit by unit, are the row's tokens in order.
-    return output.transpose(1, 2).flatten(0, 1)[valid.reshape(-1)][None]  # [1, T, heads, D]
+    outputs = []
+    for query_index, key_index, mask, valid in groups:
+        output = F.scaled_dot_product_attention(gather(query, query_index), gather(key, key_index),
+                                                gather(value, key_index), attn_mask=mask, dropout_p=dropout,
+                                                scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+        outputs.append(output.transpose(1, 2)[valid])  # [valid queries, heads, D]
+    return torch.cat(outputs)[order][None]  # [1, T, heads, D]
 
 
 AttentionInterface.register(ATTENTION, packed_attention)
