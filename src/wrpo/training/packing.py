@@ -126,10 +126,11 @@ class PackedUnits:
         """([(query_index [G, Lq], key_index [G, Lk], mask [G, 1, Lq, Lk], valid [G, Lq]) per group], order):
         the units in groups of similar length (longest first, a group closing where a unit is under four fifths
         of its first), each padded to its longest, so that padding costs little and the calls are few (about
-        log(longest / shortest) / log(1.25) per layer; on CPU as fast as one call per unit was). Unit u's query i attends its key j when j < m_u and
-        j <= i + m_u - n_u (lower-right causal). Padded queries repeat the unit's last token and attend to its
-        keys, so no row of the mask is empty (an empty row gives NaN); their outputs are dropped. `order` puts
-        the groups' valid outputs, concatenated, back in the row's token order."""
+        log(longest / shortest) / log(1.25) per layer; on CPU as fast as one call per unit was). Unit u's
+        query i attends its key j when j < m_u and j <= i + m_u - n_u (lower-right causal). Padded queries
+        repeat the unit's last token and attend to its keys, so no row of the mask is empty (an empty row gives
+        NaN); their outputs are dropped. `order` puts the groups' valid outputs, concatenated, back in the row's
+        token order."""
         by_length = sorted(range(len(self.units)), key=lambda u: -int(self.query_lengths[u]))
         groups, current = [], []
         for unit in by_length:
