@@ -17,6 +17,8 @@ Fast, each part switchable and tested equal to the naive result:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -75,20 +77,27 @@ def head_token_logps(model, hidden: torch.Tensor, labels: torch.Tensor, chunk_si
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def forward_with_final_hidden(model, chunk_size: int, **inputs):
-    """(the model's output, its final hidden states [.., H] or None): with chunk_size > 0 the logits of the
-    last position only, and the final hidden states (after the last norm) for the chunked head, taken from
-    the decoder's output by a hook rather than with output_hidden_states, which would keep every layer's
+@contextlib.contextmanager
+def final_hidden_states(model):
+    """A list that receives the final hidden states (after the last norm) of each forward made inside, taken
+    from the decoder's output by a hook rather than with output_hidden_states, which would keep every layer's
     hidden states (and accelerate's mixed precision would hand each back as a float32 copy)."""
-    if chunk_size <= 0:
-        return model(**inputs), None
     captured = []
     decoder = getattr(model, "module", model).get_decoder()
     hook = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
     try:
-        out = model(**inputs, logits_to_keep=1)
+        yield captured
     finally:
         hook.remove()
+
+
+def forward_with_final_hidden(model, chunk_size: int, **inputs):
+    """(the model's output, its final hidden states [.., H] or None): with chunk_size > 0 the logits of the
+    last position only, and the final hidden states for the chunked head."""
+    if chunk_size <= 0:
+        return model(**inputs), None
+    with final_hidden_states(model) as captured:
+        out = model(**inputs, logits_to_keep=1)
     return out, captured[-1]
 
 
@@ -162,11 +171,10 @@ def head_reproduces_logits(model, input_ids: torch.Tensor) -> bool:
     """Whether the output head applied to the final hidden states (with the logit post-processing
     wrpo knows) gives the model's own log-probs. Some architectures scale their logits in ways a
     config key does not tell (Granite divides by logits_scaling); for those the chunked head is off."""
-    with torch.no_grad():
+    with torch.no_grad(), final_hidden_states(model) as hidden:
         own = model(input_ids=input_ids, use_cache=False).logits[0].float().log_softmax(dim=-1)
         labels = own.argmax(dim=-1)
-        _, hidden = forward_with_final_hidden(model, 1, input_ids=input_ids, use_cache=False)
-        ours = head_token_logps(model, hidden[0], labels, chunk_size=0)
+        ours = head_token_logps(model, hidden[-1][0], labels, chunk_size=0)
     return torch.allclose(ours, own.gather(1, labels[:, None])[:, 0], atol=1e-3, rtol=1e-3)
 
 
