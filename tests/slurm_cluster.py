@@ -49,13 +49,14 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from wrpo.pipeline.local import free_port
 
 PACKAGES = ["slurm-wlm", "munge"]
 SBIN = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
@@ -95,12 +96,6 @@ def install(timeout: float = 600) -> bool:
         raise SlurmUnavailable("apt-get installed slurm-wlm but slurmctld is not there")
     return True
 
-
-def free_port() -> int:
-    """A loopback port nobody holds now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def node_cpus() -> int:

@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 from conftest import native_rows, write_jsonl
 from test_recipe import recipe_file
 from wrpo.ablation import ablate
-from wrpo.ablation.report import flags, paired_difference, render, summarise
 from wrpo.ablation.run import check_held_out
+from wrpo.ablation.variants import plan_ablation
 from wrpo.cli import app
 from wrpo.errors import InputError
+from wrpo.evaluation.ablation_report import flags, paired_difference, render, summarise
 from wrpo.evaluation.compare import ModelResult
+from wrpo.pipeline.recipe import load_recipe
 
 
 def result(label, rewards, categories):
@@ -74,9 +76,10 @@ def test_held_out_prompts_that_are_training_prompts_are_refused_naming_the_line(
     check_held_out(training, write_jsonl(tmp_path / "ok.jsonl", [{"prompt_id": "h1", "prompt": "reverse def"}]))
 
 
-def test_slurm_ablation_needs_the_pipeline_done_and_its_report_needs_the_runs_done(zoo, tmp_path):
+def test_slurm_ablation_needs_the_pipeline_done_and_its_plan_writes_nothing(zoo, tmp_path):
     """Refused before any job: `--executor slurm` while the pipeline is not done (the runs' data is made from
-    its quadruples), and the last job's --report-only while a run is not finished."""
+    its quadruples). Planned: the variants' data as stages, then the runs, then the report, which reads every
+    run's model (so its job waits for theirs); and planning writes nothing."""
     recipe = recipe_file(tmp_path, zoo)
     write_jsonl(tmp_path / "heldout.jsonl", [{"prompt_id": "h1", "prompt": "reverse banana"}])
     recipe.write_text(recipe.read_text() + "ablation: {eval_prompts: heldout.jsonl}\n")
@@ -88,9 +91,18 @@ def test_slurm_ablation_needs_the_pipeline_done_and_its_report_needs_the_runs_do
                                   "once those jobs finish\n")
     (tmp_path / "work" / "data").mkdir(parents=True)
     write_jsonl(tmp_path / "work" / "data" / "quadruples.jsonl", native_rows())  # as if the pipeline had made them
-    result = CliRunner().invoke(app, ["ablate", str(recipe), "--report-only", "--seeds", "0", "--variants", "dpo"])
-    assert result.exit_code == 2
-    assert "--report-only: the runs ablation/seed0/wrpo, ablation/seed0/dpo are not finished" in result.stderr
+    recipe_model = load_recipe(recipe)
+    before = sorted((tmp_path / "work").rglob("*"))
+    stages = plan_ablation(recipe_model, ["dpo", "rft", "sources-1"], [0], str(recipe))
+    assert sorted((tmp_path / "work").rglob("*")) == before
+    assert [stage.name for stage in stages] == ["ablation/data/rft", "ablation/data/1-sources", "ablation/seed0/wrpo",
+                                                "ablation/seed0/dpo", "ablation/seed0/rft", "ablation/seed0/sources-1",
+                                                "ablation/report"]
+    runs = {stage.name: stage for stage in stages}
+    assert runs["ablation/seed0/rft"].spec.data == runs["ablation/data/rft"].outputs[0]
+    assert runs["ablation/seed0/rft"].spec.settings["max_steps"] == 2  # WRPO's budget
+    report = stages[-1]
+    assert {str(stage.outputs[0]) for stage in stages[2:-1]} <= set(report.inputs)
 
 
 def demo_recipe(small_demo):
@@ -141,13 +153,13 @@ def test_ablate_killed_mid_run_resumes_without_training_a_finished_variant_again
     model = work / "ablation" / "models" / "seed0" / "dpo" / "model.safetensors"
     trained_at = model.stat().st_mtime_ns
 
-    result = ablate(recipe, seeds=[0, 1], variants=["dpo", "rft"])
+    result = ablate(recipe, seeds=[0, 1], variants=["dpo", "rft"]).result
     assert model.stat().st_mtime_ns == trained_at  # finished before the kill: reused, not trained again
     assert set(result.report["variants"]) == {"wrpo", "dpo", "rft"}
     assert all(entry["seeds"] == [0, 1] for entry in result.report["variants"].values())
     # seed 0's wrpo is the pipeline's own model (the recipe trains with seed 0); seed 1's is trained here.
     runs = {(run.name, run.seed): run for run in result.runs}
-    assert runs[("wrpo", 0)].model == work / "models" / "target-sft-wrpo" and runs[("wrpo", 0)].stage is None
+    assert runs[("wrpo", 0)].model == work / "models" / "target-sft-wrpo"
     assert (work / "ablation" / "models" / "seed1" / "rft" / "config.json").exists()
     report = (result.folder / "report.md").read_text()
     assert "| rft |" in report and "## Below the starting point" in report

@@ -10,10 +10,10 @@ import pytest
 from transformers.utils import logging as transformers_logging
 
 from conftest import native_rows, write_jsonl
+from wrpo.pipeline.kinds import ScoreSpec, Stage
 from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.local import LocalExecutor
-from wrpo.pipeline.run import run_stages
-from wrpo.pipeline.stages import Stage, Step, Task
+from wrpo.reward.settings import RewardSettings
 
 FAST = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-2", "--max-length", "48", "--logging-steps", "1",
         "--save-steps", "100"]
@@ -69,7 +69,7 @@ def test_verbose_shows_the_libraries_own_output(tiny_model, tmp_path):
 
 
 def test_each_stage_files_what_it_says_and_logs_in_its_own_log(tmp_path, monkeypatch):
-    """Two stages run in this process (wrpo merge, then wrpo score with a scorer that talks): each one's
+    """Two score stages run in this process (the second with a scorer that talks): each one's
     printed lines, wrpo messages and library warnings land in its own log."""
     (tmp_path / "noisy_scorer.py").write_text(
         "import json, logging\n"
@@ -86,20 +86,19 @@ def test_each_stage_files_what_it_says_and_logs_in_its_own_log(tmp_path, monkeyp
                                                      "responses": ["a", "b"]}])
     layout = Workdir(tmp_path / "work")
 
-    def stage(name: str, command: tuple[str, ...], output):
-        return Stage(name, name.split("/")[0], [], {}, [output], [Step((Task(command),))], "1 process")
+    def stage(name: str, scorer: str, output):
+        return Stage(name=name, kind="score", inputs=[str(samples)], outputs=[output], workdir=layout.root,
+                     spec=ScoreSpec(responses=[samples], output=output, reward=RewardSettings(function=scorer)))
 
-    merged, scored = tmp_path / "samples.jsonl", tmp_path / "scores.jsonl"
+    quiet, scored = tmp_path / "quiet.jsonl", tmp_path / "scores.jsonl"
     transformers_logging.set_verbosity_warning()  # conftest quiets transformers for the whole test run
     try:
-        run_stages([stage("sample/a", ("wrpo", "merge", str(samples), "--output", str(merged)), merged),
-                    stage("score/a", ("wrpo", "score", "--responses", str(merged), "--reward-model",
-                                      "noisy_scorer:score", "--output", str(scored)), scored)],
-                   layout, LocalExecutor())
+        LocalExecutor().run([stage("score/quiet", "scorers:reversal_similarity", quiet),
+                             stage("score/a", "noisy_scorer:score", scored)])
     finally:
         transformers_logging.set_verbosity_error()
-    first, second = layout.log("sample/a").read_text(), layout.log("score/a").read_text()
-    assert f"wrote {merged}" in first and "scored a" not in first
+    first, second = layout.log("score/quiet").read_text(), layout.log("score/a").read_text()
+    assert f"wrote {quiet}" in first and "scored a" not in first
     assert "scored a" in second and '"loss": 0.5' in second and f"wrote {scored}" in second
     assert "a library warning during score/a" in second and "during score/a" not in first
     assert "transformers during score/a" in second

@@ -4,7 +4,6 @@ as one process with the same global batch, for data parallel (ddp_cpu.yaml) and 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import native_rows, write_jsonl
+from wrpo.pipeline.local import free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -24,12 +24,6 @@ TRAIN = ["train", "--max-steps", "3", "--lr", "1e-2", "--beta", "0.5", "--alpha"
 SFT = ["sft", "--max-steps", "3", "--lr", "1e-2", "--max-length", "48", "--save-steps", "100", "--seed", "3"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-
-def free_port() -> int:
-    """A loopback port nobody holds now (a fixed one may still be held by an earlier run)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_wrpo(args: list[str], launch: list[str] = ()) -> None:

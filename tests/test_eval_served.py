@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import WORDS, read, scorers_env, write_jsonl
-from servers import free_port, stop, transformers_serve
+from servers import stop, transformers_serve
 from wrpo.cli import app
 from wrpo.demo.tiny import (
     CHAT_TEMPLATE,
@@ -29,6 +29,7 @@ from wrpo.evaluation.llm_judge import BASELINE_FIRST, MODEL_FIRST
 from wrpo.evaluation.llm_judge_settings import LLMJudge
 from wrpo.evaluation.run import run_eval
 from wrpo.generation.settings import GREEDY
+from wrpo.pipeline.local import free_port
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
 pytest.importorskip("openai")

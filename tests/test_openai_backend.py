@@ -13,9 +13,10 @@ import time
 import pytest
 
 from conftest import WORDS, write_jsonl
-from servers import executable, free_port, start_server, stop, transformers_serve
+from servers import executable, start_server, stop, transformers_serve
 from wrpo.generation.sample import sample
 from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.pipeline.local import free_port
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
 pytest.importorskip("openai")

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from test_recipe import recipe_file
 from wrpo.cli import app
 from wrpo.errors import InputError
+from wrpo.pipeline.placement import steps
+from wrpo.pipeline.plan import plan
 from wrpo.pipeline.recipe import load_recipe
 from wrpo.pipeline.run import recipe_status
-from wrpo.pipeline.stages import plan
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -35,34 +36,42 @@ def test_the_paper_recipe_plans_for_one_node_of_8_gpus():
     sampling = [stage for name, stage in stages.items() if name.startswith("sample/sources/")]
     assert len(sampling) == 10
     for stage in sampling:
-        shards = stage.steps[0].tasks
-        width = int(shards[0].command[shards[0].command.index("--tensor-parallel-size") + 1]) \
-            if "--tensor-parallel-size" in shards[0].command else 1
+        shards = steps(stage.placement)[0]
+        width = stage.spec.backend.tensor_parallel_size
+        assert stage.spec.backend.backend == "vllm"
         assert len(shards) == 8 // width  # the devices the tensor parallelism leaves: data parallel shards
-        assert sorted(d for task in shards for d in task.devices) == list(range(8))  # disjoint, all used
-        assert all(len(task.devices) == width and "--backend" in task.command for task in shards)
+        assert sorted(d for process in shards for d in process.devices) == list(range(8))  # disjoint, all used
+        assert all(len(process.devices) == width for process in shards)
         if len(shards) > 1:
-            assert stage.steps[1].tasks[0].command[:2] == ("wrpo", "merge")
-    widths = {name.split("/")[-1]: len(stage.steps[0].tasks[0].devices) for name, stage in stages.items()
+            assert [process.worker_args for process in shards] == [("--shard", f"{i}/{len(shards)}")
+                                                                   for i in range(len(shards))]
+            assert steps(stage.placement)[1][0].worker_args == ("--merge",)
+    widths = {name.split("/")[-1]: stage.placement.devices for name, stage in stages.items()
               if name.startswith("sample/sources/")}
     assert widths["mistral-large-instruct-2407"] == 8 and widths["qwen2-72b-instruct"] == 4
     assert widths["gemma-2-27b-it"] == 2 and widths["gemma-2-9b-it"] == 1
     scoring = stages["score/sources/gemma-2-9b-it"]
-    assert [task.devices for task in scoring.steps[0].tasks] == [(i,) for i in range(8)]
+    assert [process.devices for process in steps(scoring.placement)[0]] == [(i,) for i in range(8)]
     for name in ("sft", "wrpo"):
-        (task,) = stages[name].steps[0].tasks
-        command = " ".join(task.command)
-        assert command.startswith("accelerate launch --config_file") and "deepspeed_zero3.yaml" in command
-        assert "--num_processes 8" in command and f"-m wrpo.cli {'sft' if name == 'sft' else 'train'}" in command
-        assert stages[name].launch.endswith("= 128") and "DeepSpeed" in stages[name].launch
+        ((process,),) = steps(stages[name].placement)
+        launch = " ".join(process.launch)
+        assert launch.startswith("--config_file") and "deepspeed_zero3.yaml" in launch
+        assert "--num_processes 8" in launch and stages[name].kind == name
+        assert stages[name].placement.description.endswith("= 128")
+        assert "DeepSpeed" in stages[name].placement.description
 
 
 def test_plan_prints_every_command_and_runs_nothing(tmp_path):
     result = CliRunner().invoke(app, ["run", "--plan", str(RECIPES / "llama3-8b-ultrafeedback.yaml")])
     assert result.exit_code == 0, result.output
     assert result.output.count("would run") == 26
-    assert "CUDA_VISIBLE_DEVICES=6,7 wrpo sample --model google/gemma-2-27b-it" in result.output
-    assert "accelerate launch --config_file" in result.output
+    gemma = result.output[result.output.index("sample/sources/gemma-2-27b-it: would run"):]
+    gemma = gemma[:gemma.index("score/sources/gemma-2-27b-it")]
+    assert "launch: vllm, tensor parallel 2, 4 shards of 2 devices each, then merge" in gemma
+    assert '"temperature": 0.8' in gemma and "inputs: google/gemma-2-27b-it" in gemma
+    assert "$ CUDA_VISIBLE_DEVICES=6,7 " in gemma and "-m wrpo.pipeline.worker" in gemma
+    assert "sample--sources--gemma-2-27b-it.stage.json --merge\n" in gemma
+    assert "-m accelerate.commands.launch --config_file" in result.output
     assert not (RECIPES / "runs").exists()
 
 
@@ -84,7 +93,7 @@ def test_deepspeed_given_twice_is_refused_naming_the_line(tmp_path):
 def test_a_resources_override_of_no_stage_names_its_line(zoo, tmp_path):
     path = with_resources(recipe_file(tmp_path, zoo), {"stages": {"scores": {"shards": 2}}})
     with pytest.raises(InputError) as raised:
-        load_recipe(path)
+        plan(load_recipe(path))
     assert "resources.stages: no stage or stage kind 'scores' (did you mean 'score'?)" in str(raised.value)
 
 
@@ -98,7 +107,8 @@ def test_the_slurm_plan_shows_job_scripts(zoo, tmp_path):
     wrpo_job = result.output[result.output.index("job wrpo:wrpo:"):]
     assert "#SBATCH --nodes=2" in wrpo_job and "#SBATCH --time=4:00:00" in wrpo_job
     assert '--machine_rank "$SLURM_NODEID"' in wrpo_job and "--num_processes 4 --num_machines 2" in wrpo_job
-    assert "--finish-stage wrpo" in wrpo_job
+    assert "-m wrpo.pipeline.worker" in wrpo_job and "wrpo.stage.json" in wrpo_job
+    assert "--start-stage" not in result.output and "wrpo.cli" not in result.output  # no call back into the CLI
     # The local executor cannot run the 2-node training stage, and says so before anything runs.
     refused = CliRunner().invoke(app, ["run", str(path)])
     assert refused.exit_code == 2 and "use --executor slurm" in refused.output
@@ -181,14 +191,14 @@ def test_a_failed_stage_stops_the_run_with_its_log_and_the_next_run_resumes(zoo,
 
 def test_status_names_the_process_running_a_stage(zoo, tmp_path):
     from wrpo.locks import output_lock
-    from wrpo.pipeline.run import write_manifest
+    from wrpo.pipeline.state import write_manifest
 
     path = recipe_file(tmp_path, zoo)
     recipe = load_recipe(path)
     first = plan(recipe)[0]
     assert {state.state for state in recipe_status(path)} == {"pending"}
     with output_lock(recipe.workdir):  # as `wrpo run` holds it while it runs a stage
-        write_manifest(recipe.layout, first, fingerprint="-", complete=False, host="here", pid=os.getpid())
+        write_manifest(first, fingerprint="-", complete=False, host="here", pid=os.getpid())
         running = recipe_status(path)[0]
     assert running.state == "running" and f"pid {os.getpid()} on here" in running.detail
     assert recipe_status(path)[0].state == "pending"  # its runner gone, it is left to resume
@@ -202,7 +212,8 @@ def test_a_source_behind_a_server_is_one_process_of_concurrent_requests(zoo, tmp
     path.write_text(yaml.safe_dump(recipe))
     with_resources(path, {"devices_per_node": 8})
     stage = next(s for s in plan(load_recipe(path)) if s.name == "sample/sources/served")
-    ((task,),) = [step.tasks for step in stage.steps]
-    assert task.devices == () and "32 requests at once" in stage.launch
-    command = " ".join(task.command)
-    assert "--backend openai --base-url http://10.0.0.5:8000/v1 --api-key-env MY_KEY --concurrency 32" in command
+    ((process,),) = steps(stage.placement)
+    assert process.devices == () and "32 requests at once" in stage.placement.description
+    backend = stage.spec.backend
+    assert (backend.backend, backend.base_url, backend.api_key_env, backend.concurrency) == (
+        "openai", "http://10.0.0.5:8000/v1", "MY_KEY", 32)

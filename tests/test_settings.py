@@ -44,6 +44,8 @@ def test_the_readme_flag_tables_are_the_generated_ones(config_class, heading):
     ("beta: 0.1\nlearning_rat: 1e-3\n", "wrpo.yaml:2: unknown setting 'learning_rat' (did you mean 'learning_rate'?)"),
     ("beta: 0.1\nalpha: 3\n", "wrpo.yaml:2: alpha must lie in [0, 1], got 3"),
     ("lr: fast\n", "wrpo.yaml:1: 'lr' must be a number, got 'fast'"),
+    ("loss: ipo\nlabel_smoothing: 0.1\n", "wrpo.yaml:2: label_smoothing does not apply to the ipo form (a squared "
+                                          "loss, no preference to flip): leave it at 0"),
 ])
 def test_a_bad_config_key_or_value_names_its_line(tiny_model, native_data, tmp_path, yaml_text, expected):
     (tmp_path / "wrpo.yaml").write_text(yaml_text)

@@ -32,17 +32,17 @@ def test_ablate_submits_every_run_and_the_report_as_slurm_jobs(zoo, tmp_path, sl
     started = time.time()
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
-    # Three runs, `wrpo sft` and `wrpo train` (seed 0's wrpo is the pipeline's model: the recipe trains with
+    # rft's data, three runs, sft and wrpo (seed 0's wrpo is the pipeline's model: the recipe trains with
     # seed 0), and the report.
-    assert time.time() - started < 60 and result.output.splitlines()[-1].count("submitted as job") == 4
+    assert time.time() - started < 60 and result.output.splitlines()[-1].count("submitted as job") == 5
     refused = CliRunner().invoke(app, command)
     assert refused.exit_code == 2 and "still queued or running" in refused.output
 
     states = wait_for_jobs(recipe)
     assert {state.state for state in states.values()} == {"done"}, states
     runs = ["seed0/rft", "seed1/wrpo", "seed1/rft"]
-    assert [name for name in states if name.startswith("ablation/")] == [*(f"ablation/{r}" for r in runs),
-                                                                          "ablation/report"]
+    assert [name for name in states if name.startswith("ablation/")] == [
+        "ablation/data/rft", *(f"ablation/{r}" for r in runs), "ablation/report"]
     assert all("saved the" in (work / "logs" / f"ablation--{run.replace('/', '--')}.log").read_text() for run in runs)
     assert f"report: {work / 'ablation' / 'report.md'}" in (work / "logs" / "ablation--report.log").read_text()
     report = json.loads((work / "ablation" / "report.json").read_text())
@@ -52,7 +52,7 @@ def test_ablate_submits_every_run_and_the_report_as_slurm_jobs(zoo, tmp_path, sl
     models = sorted((work / "ablation" / "models").glob("seed*/*/model.safetensors"))
     trained_at = [model.stat().st_mtime_ns for model in models]
     assert len(models) == 3
-    assert ablate(recipe, seeds=[0, 1], variants=["rft"]).report == report
+    assert ablate(recipe, seeds=[0, 1], variants=["rft"]).result.report == report
     assert [model.stat().st_mtime_ns for model in models] == trained_at  # every run reused, none trained again
     again = CliRunner().invoke(app, command)
-    assert again.exit_code == 0 and again.output.count("up to date, skipped") == 4
+    assert again.exit_code == 0 and again.output.count("up to date, skipped") == 5

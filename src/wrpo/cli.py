@@ -8,11 +8,14 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from wrpo.data.construct import PairSettings
+from wrpo.data.construct import PairSettings, SplitSettings
+from wrpo.data.resumable import parse_shard
 from wrpo.errors import InputError
 from wrpo.evaluation.llm_judge_settings import LLMJudge
 from wrpo.flags import model_flags, parse_flag_value
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
+from wrpo.pipeline.executor import StageFailed
+from wrpo.reward.settings import RewardSettings
 from wrpo.yaml_files import validated
 
 
@@ -48,20 +51,11 @@ class WRPOGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except InputError as error:
-            if ctx.obj is IN_PROCESS:  # run_command's caller reports it
-                raise
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
-
-
-IN_PROCESS = object()
-
-
-def run_command(args: list[str]) -> int:
-    """`wrpo ARGS` in this process (a pipeline stage run without a new one); returns its exit status
-    and lets an InputError through to the caller."""
-    status = typer.main.get_command(app).main(args=args, prog_name="wrpo", standalone_mode=False, obj=IN_PROCESS)
-    return status if isinstance(status, int) else 0
+        except StageFailed as failure:
+            typer.echo(f"error: {failure}", err=True)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(help="Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO).",
@@ -74,32 +68,6 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v",
                                       help="Also show the libraries' own output (transformers, datasets, "
                                            "DeepSpeed...).")) -> None:
     """Implicit model fusion of LLMs by Weighted-Reward Preference Optimization (WRPO)."""
-
-
-def _shard(text: str) -> tuple[int, int]:
-    from wrpo.generation.sample import parse_shard
-
-    try:
-        return parse_shard(text)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-
-
-def _end_distributed(message: str) -> None:
-    """Leave the process group before exit and say what was saved, once: from the main process of a
-    multi-process launch. A gloo group still alive when the interpreter shuts down aborts the process
-    ("terminate called without an active exception"); the trainer's DDP wrapper holds one in
-    reference cycles, so those are collected first, while the interpreter is whole."""
-    import gc
-
-    from accelerate import PartialState
-
-    from wrpo.progress import is_main_process
-
-    gc.collect()
-    PartialState().destroy_process_group()
-    if is_main_process():
-        typer.echo(message)
 
 
 def _with_flags(flags):
@@ -148,10 +116,15 @@ def _training_command(kind: str):
                                                           "fields); flags override it."), **values):
         settings = resolve_settings(config_class, values, config)
         extra = {"ref_model": settings.ref_model} if "ref_model" in run_keys else {}
+        from wrpo.progress import is_main_process
+        from wrpo.training.run import end_distributed
+
         result = fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra)
-        _end_distributed(f"already finished: {result.output_dir} holds this run (same model, data and settings), "
+        end_distributed()
+        if is_main_process():
+            typer.echo(f"already finished: {result.output_dir} holds this run (same model, data and settings), "
                          "left as it is; --no-resume trains again" if result.already_finished
-                         else f"{done} {result.output_dir}")
+                       else f"{done} {result.output_dir}")
 
     command.__doc__ = (WRPOGroup.lazy[kind]
                        + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config.")
@@ -180,32 +153,38 @@ def sample(
 
     sampling = _settings_from_flags(SamplingSettings, SAMPLE_FLAGS, settings)
     backend = _settings_from_flags(BackendSettings, SAMPLE_FLAGS, settings)
-    typer.echo(f"wrote {run_sample(model, prompts, output, sampling, backend=backend, shard=_shard(shard), name=name)}")
+    written = run_sample(model, prompts, output, sampling, backend=backend, shard=parse_shard(shard), name=name)
+    typer.echo(f"wrote {written}")
 
 
-def _settings_from_flags(model_class, flags, values: dict):
-    """`model_class` (SamplingSettings, BackendSettings) from the values of those of `flags` that set
-    its fields; a flag not given (None) leaves its field's default."""
+def _settings_from_flags(model_class, flags, values: dict, **fixed):
+    """`model_class` (SamplingSettings, BackendSettings, ...) from the values of those of `flags` that set
+    its fields, and `fixed`; a flag not given (None) leaves its field's default."""
     given = {flag.field: parse_flag_value(flag, values[flag.name]) for flag in flags
              if values[flag.name] is not None and flag.field in model_class.model_fields}
-    return validated(model_class, given, as_flags=True)
+    return validated(model_class, {**given, **fixed}, as_flags=True)
+
+
+SCORE_FLAGS = model_flags(RewardSettings, skip=("model", "function"))
 
 
 @app.command()
+@_with_flags(SCORE_FLAGS)
 def score(
     responses: list[Path] = typer.Option(..., help="Outputs of wrpo sample (repeat the flag for several)."),
     reward_model: str = typer.Option(..., help="Reward model folder (or Hub id), or a Python scorer "
                                                "pkg.module:function."),
     output: Path = typer.Option(..., help="Output JSONL: the input rows with a 'scores' list."),
-    batch_size: int = typer.Option(16, help="Responses per scoring batch."),
-    trust_remote_code: bool = typer.Option(False, help="Run the reward model's own code (ArmoRM needs it)."),
     shard: str = typer.Option("0/1", help="I/N: score only every N-th row, starting at the I-th."),
+    **settings,
 ):
     """Score every sampled response with a reward model or a Python function; resumable."""
     from wrpo.reward.score import score as run_score
 
-    written = run_score(responses, reward_model, output, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                        shard=_shard(shard))
+    # A folder or a function alike: score() tells them apart.
+    reward = _settings_from_flags(RewardSettings, SCORE_FLAGS, settings, model=reward_model)
+    written = run_score(responses, reward.scorer, output, batch_size=reward.batch_size,
+                        trust_remote_code=reward.trust_remote_code, shard=parse_shard(shard))
     typer.echo(f"wrote {written}")
 
 
@@ -225,19 +204,23 @@ build_app = typer.Typer(help="Build training data from scored samples.", no_args
 app.add_typer(build_app, name="build")
 
 
+SPLIT_FLAGS = model_flags(SplitSettings)
+
+
 @build_app.command("sft")
+@_with_flags(SPLIT_FLAGS)
 def build_sft_command(
     scores: list[Path] = typer.Option(..., help="Scored source samples (repeat the flag for each source)."),
     sft_output: Path = typer.Option(..., help="SFT rows {prompt_id, prompt, response}."),
     preference_output: Path = typer.Option(..., help="Preference prompts with their source responses, best first."),
-    sft_fraction: float = typer.Option(1 / 3, help="Share of prompts for SFT (a stable split by prompt id)."),
-    seed: int = typer.Option(42, help="Seed of the split."),
+    **settings,
 ):
     """Pick the best source response per prompt and split prompts between SFT and preference learning."""
     from wrpo.data.construct import build_sft
     from wrpo.progress import console
 
-    console.print(build_sft(scores, sft_output, preference_output, sft_fraction=sft_fraction, seed=seed))
+    split = _settings_from_flags(SplitSettings, SPLIT_FLAGS, settings)
+    console.print(build_sft(scores, sft_output, preference_output, **split.model_dump()))
 
 
 PAIR_FLAGS = model_flags(PairSettings, skip=("target_samples",))
@@ -265,48 +248,31 @@ def build_pairs_command(
                               **pairs.model_dump(exclude={"target_samples"})))
 
 
-def _check_executor(value: str) -> None:
-    from wrpo.pipeline.run import EXECUTORS
-
-    if value not in EXECUTORS:
-        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {value!r}")
-
-
 def _echo_statuses(statuses: dict[str, str]) -> None:
     typer.echo(", ".join(f"{stage}: {status}" for stage, status in statuses.items()))
 
 
-def _mark_option(event: str):
-    """--start-stage, --finish-stage: a Slurm job's bookkeeping (wrpo.pipeline.slurm.job_scripts), hidden
-    options of each command whose stages are submitted."""
-    job = {"start": "first", "finish": "last"}[event]
-    return typer.Option(None, hidden=True, help=f"Record this stage as {event}ed (its {job} Slurm job).")
+def _executor_option(what: str):
+    from wrpo.pipeline.run import EXECUTORS
+
+    return typer.Option("local", help=f"Where {what} run: {', '.join(EXECUTORS)} (local: processes on this machine; "
+                                      "slurm: Slurm jobs chained by dependencies, submitted at once).")
 
 
 @app.command()
 def run(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
-        executor: str = typer.Option("local", help="local: processes on this machine; slurm: submit every stage as "
-                                                   "Slurm jobs chained by dependencies, and return."),
-        plan: bool = typer.Option(False, "--plan", help="Print every stage (command lines, launcher, devices, inputs, "
-                                                        "outputs, whether it would be skipped) and run nothing."),
-        start_stage: str = _mark_option("start"), finish_stage: str = _mark_option("finish")):
+        executor: str = _executor_option("the stages"),
+        plan: bool = typer.Option(False, "--plan", help="Print every stage (settings, launcher, devices, inputs, "
+                                                        "outputs, the processes or jobs it would start, whether it "
+                                                        "would be skipped) and run nothing.")):
     """Run every pipeline stage of a recipe that is not yet done: sample, score, build, SFT, WRPO."""
-    from wrpo.pipeline.run import StageFailed, mark_recipe_stage, plan_recipe, run_recipe
+    from wrpo.pipeline.run import executor_named, plan_recipe, run_recipe
     from wrpo.pipeline.show import show_plan
 
-    _check_executor(executor)
-    if start_stage or finish_stage:
-        mark_recipe_stage(recipe, start_stage or finish_stage, "start" if start_stage else "finish")
-        return
     if plan:
-        show_plan(plan_recipe(recipe, executor), executor)
+        show_plan(plan_recipe(recipe, executor_named(executor)))
         return
-    try:
-        statuses = run_recipe(recipe, executor)
-    except StageFailed as failure:
-        typer.echo(f"error: {failure}", err=True)
-        raise typer.Exit(1) from None
-    _echo_statuses(statuses)
+    _echo_statuses(run_recipe(recipe, executor_named(executor)))
 
 
 @app.command()
@@ -315,43 +281,24 @@ def ablate(recipe: Path = typer.Argument(..., help="Recipe YAML with an ablation
            variants: str = typer.Option(None, help="Variants, comma-separated [all]: wrpo, dpo, hybrid, "
                                                    "constant-alpha, linear-alpha, sft-continued, rft, sources-K "
                                                    "(K < the sources)."),
-           executor: str = typer.Option("local", help="local: the pipeline's stages not yet done, then the runs, on "
-                                                      "this machine; slurm: submit the runs as Slurm jobs, and a last "
-                                                      "one that judges and reports, and return (run the pipeline "
-                                                      "first)."),
-           report_only: bool = typer.Option(False, "--report-only", hidden=True,
-                                            help="Judge and report runs trained already (the last Slurm job)."),
-           start_stage: str = _mark_option("start"), finish_stage: str = _mark_option("finish")):
+           executor: str = _executor_option("the runs and the report (slurm: after the pipeline has run)")):
     """Train the paper's comparisons from the recipe's target-sft and quadruples, judge them on held-out
     prompts, and report mean ± std over seeds, paired differences from WRPO and losses below the start."""
     from wrpo.ablation import ablate as run_ablation
-    from wrpo.ablation.report import show
-    from wrpo.ablation.run import ablation_report, mark_ablation_stage
-    from wrpo.pipeline.run import StageFailed
+    from wrpo.evaluation.ablation_report import show
+    from wrpo.pipeline.run import executor_named
 
-    _check_executor(executor)
     try:
         chosen_seeds = [int(seed) for seed in seeds.split(",")] if seeds else None
     except ValueError:
         raise InputError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
-    if start_stage or finish_stage:
-        mark_ablation_stage(recipe, chosen_seeds, names, start_stage or finish_stage,
-                            "start" if start_stage else "finish")
+    outcome = run_ablation(recipe, chosen_seeds, names, executor_named(executor))
+    if outcome.result is None:  # submitted: the report comes from the last job
+        _echo_statuses(outcome.statuses)
         return
-    if report_only:
-        result = ablation_report(recipe, chosen_seeds, names)
-    else:
-        try:
-            result = run_ablation(recipe, chosen_seeds, names, executor)
-        except StageFailed as failure:
-            typer.echo(f"error: {failure}", err=True)
-            raise typer.Exit(1) from None
-        if executor == "slurm":  # submitted: the report comes from the last job
-            _echo_statuses(result)
-            return
-    show(result.report)
-    typer.echo(f"report: {result.folder / 'report.md'}")
+    show(outcome.result.report)
+    typer.echo(f"report: {outcome.result.folder / 'report.md'}")
 
 
 @app.command()

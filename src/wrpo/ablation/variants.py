@@ -13,20 +13,24 @@ target-sft on data made from the recipe's own quadruples, so that they differ fr
 
 A variant whose settings are the recipe's own (linear-alpha when the recipe ramps alpha) is the wrpo
 run itself and is not trained twice; the wrpo variant at the recipe's own seed is the pipeline's model.
+Planned as stages (wrpo.pipeline.kinds): the variants' data, their runs, then the report's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-from wrpo.data.construct import build_pairs, read_preference_prompts
 from wrpo.data.records import read_rows
-from wrpo.data.resumable import write_jsonl_atomically
-from wrpo.errors import InputError
+from wrpo.data.variant_data import VariantDataSpec
+from wrpo.evaluation.ablation_judge import ReportSpec, VariantRun
+from wrpo.generation.settings import BackendSettings
+from wrpo.pipeline.kinds import Stage
+from wrpo.pipeline.placement import training_processes
+from wrpo.pipeline.plan import stage, training
 from wrpo.pipeline.recipe import Recipe, section_setting
-from wrpo.pipeline.stages import Stage, training_processes, training_stage
+
+REPORT = "ablation/report"
 
 
 @dataclass(frozen=True)
@@ -62,45 +66,63 @@ def variant(name: str) -> Variant:
     return Variant("wrpo", {}, name, f"WRPO, y_ws from the first {count} source{'s' if count > 1 else ''} only")
 
 
-@dataclass(frozen=True)
-class VariantRun:
-    name: str
-    seed: int
-    model: Path                # where the trained model is (or will be)
-    stage: Stage | None        # None: an existing run with these very settings (the pipeline's wrpo)
-    same_as: str | None = None  # the variant whose run this is, when the settings are the same
+def plan_ablation(recipe: Recipe, names: list[str], seeds: list[int], recipe_label: str) -> list[Stage]:
+    """The stages of the ablation, in order: the variants' data made from the pipeline's outputs, every run of
+    every variant and seed, and the report's last (its spec a ReportSpec). Reads the pipeline's quadruples (the
+    SFT variants' budget), so the pipeline must have run; writes nothing."""
+    layout = recipe.layout
+    data_stages = variant_data(recipe, {variant(name).data for name in names})
+    data = {form: each.outputs[0] for form, each in data_stages.items()} | {"quadruples": layout.quadruples}
+    runs = variant_runs(recipe, names, seeds)
+    budget = sft_budget(recipe) if any(variant(name).kind == "sft" for name in names) else {}
+    training_stages = [training(recipe, f"ablation/seed{run.seed}/{run.name}", variant(run.name).kind,
+                                str(layout.target_sft), data[variant(run.name).data], run.model,
+                                {**settings, **budget} if variant(run.name).kind == "sft" else settings)
+                       for run, settings in runs if settings is not None]
+    spec = report_spec(recipe, [run for run, _ in runs], seeds, recipe_label)
+    models = [str(model) for model in dict.fromkeys(run.model for run, _ in runs)]
+    report = stage(recipe, REPORT, "ablation-report", spec,
+                   [recipe.target.model, str(layout.target_sft), *models, str(spec.eval_prompts),
+                    recipe.reward.scorer], [spec.output / "report.json", spec.output / "report.md"])
+    return [*data_stages.values(), *training_stages, report]
 
 
-def plan_variants(recipe: Recipe, names: list[str], seeds: list[int]) -> list[VariantRun]:
-    """The runs of every variant and seed, the data they train on written first. Needs the pipeline's
-    outputs (target-sft, quadruples)."""
-    layout, resources = recipe.layout, recipe.resources
-    data = variant_data(recipe, {variant(name).data for name in names})
+def variant_runs(recipe: Recipe, names: list[str], seeds: list[int]) -> list[tuple[VariantRun, dict | None]]:
+    """Every variant and seed with the settings it trains with; None where it trains nothing: it is another
+    run of the same settings (same_as), or the pipeline's own wrpo run."""
+    layout = recipe.layout
     own_seed = section_setting("wrpo", recipe.wrpo, "seed")
-    budget = sft_budget(recipe) if any(variant(name).kind == "sft" for name in names) else None
-    runs = []
+    runs: list[tuple[VariantRun, dict | None]] = []
     for seed in seeds:
         for name in dict.fromkeys(["wrpo", *names]):  # wrpo first: the others are compared with it
             spec = variant(name)
             if spec.kind == "wrpo":
                 settings = {**recipe.wrpo, **spec.settings, "seed": seed}
                 if name != "wrpo" and spec.data == "quadruples" and settings == {**recipe.wrpo, "seed": seed}:
-                    runs.append(VariantRun(name, seed, layout.ablation_model("wrpo", seed), None, same_as="wrpo"))
+                    runs.append((VariantRun(name=name, seed=seed, model=layout.ablation_model("wrpo", seed),
+                                            same_as="wrpo"), None))
                     continue
                 if settings == {**recipe.wrpo, "seed": own_seed} and spec.data == "quadruples":
-                    runs.append(VariantRun(name, seed, layout.target_wrpo, None))
+                    runs.append((VariantRun(name=name, seed=seed, model=layout.target_wrpo), None))
                     continue
             else:
-                settings = {**recipe.sft, **budget, "seed": seed}
-            output = layout.ablation_model(name, seed)
-            stage = training_stage(f"ablation/seed{seed}/{name}", spec.kind, str(layout.target_sft), data[spec.data],
-                                   output, settings, resources.devices_per_node, resources.device_type,
-                                   resources.of(spec.kind, spec.kind), layout)
-            runs.append(VariantRun(name, seed, output, stage))
+                settings = {**recipe.sft, "seed": seed}
+            runs.append((VariantRun(name=name, seed=seed, model=layout.ablation_model(name, seed)), settings))
     # A run that is another's (same settings) points at that one's model.
-    models = {(run.name, run.seed): run.model for run in runs}
-    return [VariantRun(r.name, r.seed, models[(r.same_as, r.seed)], None, r.same_as) if r.same_as else r
-            for r in runs]
+    models = {(run.name, run.seed): run.model for run, _ in runs}
+    return [(run.model_copy(update={"model": models[(run.same_as, run.seed)]}) if run.same_as else run, settings)
+            for run, settings in runs]
+
+
+def report_spec(recipe: Recipe, runs: list[VariantRun], seeds: list[int], recipe_label: str) -> ReportSpec:
+    ablation = recipe.ablation
+    return ReportSpec(
+        recipe=recipe_label, reward=recipe.reward, eval_prompts=ablation.eval_prompts, target=recipe.target.model,
+        target_backend=BackendSettings(**recipe.target.model_dump(include=set(BackendSettings.model_fields))),
+        target_sft=recipe.layout.target_sft, runs=runs,
+        descriptions={run.name: variant(run.name).description for run in runs}, seeds=seeds,
+        max_new_tokens=ablation.max_new_tokens or recipe.sampling.max_new_tokens, batch_size=ablation.batch_size,
+        output=recipe.layout.ablation)
 
 
 def sft_budget(recipe: Recipe) -> dict:
@@ -109,7 +131,7 @@ def sft_budget(recipe: Recipe) -> dict:
     wrpo = {name: section_setting("wrpo", recipe.wrpo, name)
             for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps")}
     resources = recipe.resources
-    processes = training_processes(resources.devices_per_node, resources.of("wrpo", "wrpo"))
+    processes = training_processes(resources.devices_per_node, resources.of("wrpo", "wrpo").nodes or 1)
     per_step = wrpo["per_device_train_batch_size"] * wrpo["gradient_accumulation_steps"] * processes
     rows = sum(1 for _ in read_rows(recipe.layout.quadruples))
     steps = wrpo["max_steps"] if wrpo["max_steps"] > 0 else math.ceil(math.ceil(rows / per_step)
@@ -118,46 +140,23 @@ def sft_budget(recipe: Recipe) -> dict:
             "gradient_accumulation_steps": wrpo["gradient_accumulation_steps"]}
 
 
-def variant_data(recipe: Recipe, kinds: set[str]) -> dict[str, Path]:
-    """The training file of each kind of data: the quadruples themselves, or files made from them
-    (rewritten each time with the same content, so a variant's fingerprint changes only with them)."""
-    layout = recipe.layout
-    files = {"quadruples": layout.quadruples}
-    quadruples = [row for _, row in read_rows(layout.quadruples)] if kinds & {"y_ws", "better"} else []
-    if "y_ws" in kinds:
-        files["y_ws"] = write_jsonl_atomically(layout.ablation_data("sft-continued"), [
-            {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["chosen_source"][0]}
-            for row in quadruples])
-    if "better" in kinds:
-        files["better"] = write_jsonl_atomically(layout.ablation_data("rft"), [
-            {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": better_response(row)}
-            for row in quadruples])
-    for kind in sorted(kinds - {"quadruples", "y_ws", "better"}):
-        files[kind] = restricted_quadruples(recipe, int(kind.split("-")[1]))
-    return files
-
-
-def better_response(quadruple: dict) -> str:
-    """y_wt where the reward scored it above y_ws, else y_ws."""
-    meta = quadruple.get("meta") or {}
-    if "chosen_target_score" not in meta or not meta.get("source_scores"):
-        raise InputError(f"quadruple {quadruple['prompt_id']!r} has no scores in its meta (chosen_target_score, "
-                         "source_scores): the rft variant needs them to pick the better response")
-    better_target = meta["chosen_target_score"] > meta["source_scores"][0]
-    return quadruple["chosen_target"] if better_target else quadruple["chosen_source"][0]
-
-
-def restricted_quadruples(recipe: Recipe, count: int) -> Path:
-    """The recipe's quadruples built again with y_ws drawn from its first `count` sources only."""
-    layout, pairs = recipe.layout, recipe.pairs
-    kept = {source.name for source in recipe.sources[:count]}
-    rows = []
-    for _, row in read_preference_prompts(layout.preference_prompts):
-        responses = [response for response in row["source_responses"] if response["model"] in kept]
-        if responses:
-            rows.append({**row, "source_responses": responses})
-    prompts = write_jsonl_atomically(layout.ablation_data(f"preference-{count}-sources"), rows)
-    output = layout.ablation_data(f"quadruples-{count}-sources")
-    build_pairs(prompts, [layout.target_scores] if pairs.target_samples else [], output,
-                **pairs.model_dump(exclude={"target_samples"}))
-    return output
+def variant_data(recipe: Recipe, forms: set[str]) -> dict[str, Stage]:
+    """The stage that makes each variant's training file other than the quadruples themselves."""
+    layout, stages = recipe.layout, {}
+    for form, name in (("y_ws", "sft-continued"), ("better", "rft")):
+        if form in forms:
+            spec = VariantDataSpec(form=form, quadruples=layout.quadruples, output=layout.ablation_data(name))
+            stages[form] = stage(recipe, f"ablation/data/{name}", "variant-data", spec, [str(layout.quadruples)],
+                                 [spec.output])
+    target_scores = [layout.target_scores] if recipe.pairs.target_samples else []
+    for form in sorted(forms - {"quadruples", "y_ws", "better"}):
+        count = int(form.split("-")[1])
+        spec = VariantDataSpec(form="sources", output=layout.ablation_data(f"quadruples-{count}-sources"),
+                               preference_prompts=layout.preference_prompts,
+                               kept_prompts=layout.ablation_data(f"preference-{count}-sources"),
+                               target_scores=target_scores, sources=[s.name for s in recipe.sources[:count]],
+                               pairs=recipe.pairs)
+        stages[form] = stage(recipe, f"ablation/data/{count}-sources", "variant-data", spec,
+                             [str(layout.preference_prompts), *map(str, target_scores)],
+                             [spec.output, spec.kept_prompts])
+    return stages

@@ -99,6 +99,16 @@ def _deciles(values: list[float]) -> list[float]:
     return [cuts[0], statistics.median(values), cuts[-1]]
 
 
+class SplitSettings(BaseModel):
+    """How `build sft` splits the prompts: a recipe's `split:` section and the command's flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sft_fraction: float = Field(default=1 / 3, ge=0, le=1, description=(
+        "Share of prompts for SFT (a stable split by prompt id)."))
+    seed: int = Field(default=42, description="Seed of the split.")
+
+
 def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_output: str | Path, *,
               sft_fraction: float = 1 / 3, seed: int = 42) -> BuildSummary:
     if not 0 <= sft_fraction <= 1:

@@ -90,6 +90,17 @@ def model_prompt_key(row: dict) -> str:
     return f"{row.get('model')}\t{row.get('prompt_id')}"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), 0 <= I < N: the I-th of N processes sharing a stage's rows."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise InputError(f"--shard {text}: I must lie in 0..N-1")
+    return index, count
+
+
 def merge_jsonl(inputs, output: str | Path, key: Callable[[dict], str]) -> Path:
     """Concatenates the shards of a stage (`--shard I/N` outputs) into one file, atomically, under the
     output's lock; a shard still being written (its .partial is there) or a key found in two shards is

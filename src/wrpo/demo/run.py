@@ -23,13 +23,13 @@ import yaml
 from rich.table import Table
 
 from wrpo.ablation import ablate
-from wrpo.ablation.report import flags as ablation_flags
-from wrpo.ablation.report import format_difference
-from wrpo.ablation.report import show as show_ablation
 from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.demo.tasks import TASKS, make_prompt, prompt_rows, reward
 from wrpo.demo.zoo import SOURCES, TARGET, build_zoo
+from wrpo.evaluation.ablation_report import flags as ablation_flags
+from wrpo.evaluation.ablation_report import format_difference
+from wrpo.evaluation.ablation_report import show as show_ablation
 from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format_rate
 from wrpo.evaluation.plots import per_category_bars, reward_distributions, training_curves, win_rate_bars
 from wrpo.files import write_text_atomically
@@ -173,7 +173,7 @@ def run_demo(output_dir: str | Path = "demo-output", seed: int = 0, cache_dir: s
 
 def run_ablation(recipe: Path, prompts: dict[str, str], output_dir: Path) -> dict:
     """`wrpo ablate` on the demo's recipe, its report with the demo's style figures added per variant."""
-    result = ablate(recipe)
+    result = ablate(recipe).result
     report = result.report
     for name, per_seed in result.variants.items():
         style = [style_metrics(per_seed[seed], prompts) for seed in sorted(per_seed)]

@@ -21,9 +21,7 @@ from wrpo.data.records import read_rows
 from wrpo.errors import InputError
 from wrpo.evaluation.length_control import length_controlled_win_rate
 from wrpo.files import path_fingerprint, text_fingerprint
-from wrpo.generation.sample import sample
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
-from wrpo.reward.score import score
 
 
 @dataclass
@@ -136,6 +134,8 @@ def answer_prompts(label: str, model: str, prompts: str | Path, output_dir: str 
                    backend: BackendSettings = BackendSettings()) -> Path:
     """`model`'s answers to the prompts (wrpo sample), in output_dir/answers, named by the label and a
     fingerprint of the model, prompts, sampling and backend settings: nothing stale is reused."""
+    from wrpo.generation.sample import sample  # torch and the engines: not for a reader of results
+
     # How requests are sent (their concurrency, the key's variable) does not change the answers.
     answering = backend.model_dump(exclude={"concurrency", "api_key_env"})
     key = text_fingerprint(path_fingerprint(str(model)), path_fingerprint(str(prompts)),
@@ -152,6 +152,8 @@ def evaluate_model(label: str, model: str, prompts: str | Path, judge: str | Non
     output_dir/scores, named by the answers' content and the judge: a new judge re-scores the same
     answers without generating them again. Without a judge, the answers only (an LLM judge compares
     them: wrpo.evaluation.llm_judge)."""
+    from wrpo.reward.score import score
+
     answers = answer_prompts(label, model, prompts, output_dir, settings, batch_size, backend)
     categories = {row.prompt_id: str(row.meta["category"]) for row in read_prompts(prompts) if "category" in row.meta}
     result = ModelResult(label=label, rewards={}, categories=categories)

@@ -14,17 +14,6 @@ from wrpo.locks import output_lock
 from wrpo.progress import say, stage_progress
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' -> (I, N), 0 <= I < N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= index < count:
-        raise ValueError(f"--shard {text}: I must lie in 0..N-1")
-    return index, count
-
-
 def sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings = SamplingSettings(), *,
            backend: BackendSettings = BackendSettings(), shard: tuple[int, int] = (0, 1),
            name: str | None = None) -> Path:

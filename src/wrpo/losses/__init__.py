@@ -1,7 +1,7 @@
 """WRPO objectives as pure functions of per-response log-probs, picked by name.
 
 Each entry of LOSSES maps (PreferenceLogps, LossSettings) -> LossOutput; `wrpo_loss` is the
-DPO form with the stable tensor signature of DESIGN §3.
+DPO form with the tensor signature other code relies on (the README's "Python API"), kept stable.
 """
 
 from collections.abc import Callable

@@ -62,8 +62,8 @@ class Workdir:
     def ablation_model(self, variant: str, seed: int) -> Path:
         return self.ablation / "models" / f"seed{seed}" / variant
 
-    # Bookkeeping: per stage a log, a manifest (the fingerprint it ran with), its settings file, and the
-    # parts of a sharded output before they are merged.
+    # Bookkeeping: per stage a log, a manifest (the fingerprint it ran with), the stage file its processes
+    # read, and the parts of a sharded output before they are merged.
     def log(self, stage: str) -> Path:
         return self.root / "logs" / f"{file_name(stage)}.log"
 
@@ -74,8 +74,9 @@ class Workdir:
     def manifest(self, stage: str) -> Path:
         return self.root / ".wrpo" / "stages" / f"{file_name(stage)}.json"
 
-    def settings(self, stage: str) -> Path:
-        return self.root / ".wrpo" / "stages" / f"{file_name(stage)}.settings.yaml"
+    def stage_file(self, stage: str) -> Path:
+        """The planned stage, as wrpo.pipeline.worker reads it."""
+        return self.root / ".wrpo" / "stages" / f"{file_name(stage)}.stage.json"
 
     def accelerate_config(self, stage: str) -> Path:
         """The accelerate config written for a stage when the recipe names none."""

@@ -1,13 +1,14 @@
-"""The local executor: a stage's steps as processes on this machine. The tasks of a step start at once,
-each pinned to its devices and writing its own log; the step ends when all have ended, and the first
-failure stops the others and the run. A one-task step with no devices and no launcher runs in this
-process, as `wrpo run` did before stages became processes: it saves the seconds of importing torch and
-transformers again, which on a laptop recipe are most of a small stage's time."""
+"""The local executor: each stage that is not done, in order, as processes on this machine. The processes of a
+step start at once, each pinned to its devices and writing its own log; the step ends when all have ended, and
+the first failure stops the others and the run. A one-process step with no devices and no launcher runs in this
+process (wrpo.pipeline.worker.run_part): it saves the seconds of importing torch and transformers again, which
+on a laptop recipe are most of a small stage's time."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,22 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+from wrpo.data.resumable import parse_shard
 from wrpo.errors import InputError
-from wrpo.files import write_text_atomically
+from wrpo.locks import live_holder
+from wrpo.pipeline.executor import StageFailed
+from wrpo.pipeline.kinds import Stage
 from wrpo.pipeline.layout import Workdir
-from wrpo.pipeline.run import StageFailed
-from wrpo.pipeline.stages import Stage, Task
+from wrpo.pipeline.placement import Process, steps
+from wrpo.pipeline.state import StageState, decision_now, mark_failed, read_manifest, stage_fingerprint
+from wrpo.pipeline.worker import run_part, write_stage_files
+from wrpo.progress import console, say, stage_log
 
 TAIL_LINES = 15
-
-
-def executable(command: tuple[str, ...]) -> list[str]:
-    """The argv that runs a stage command with this Python (and so this environment's wrpo)."""
-    if command[0] == "wrpo":
-        return [sys.executable, "-m", "wrpo.cli", *command[1:]]
-    if command[:2] == ("accelerate", "launch"):
-        return [sys.executable, "-m", "accelerate.commands.launch", *command[2:]]
-    return list(command)
+WORKER = ("-m", "wrpo.pipeline.worker")
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
@@ -40,63 +38,85 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
         return []
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (a launch's rendezvous; tests' servers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class LocalExecutor:
-    def __init__(self, device_type: str = "gpu"):
-        self.device_type = device_type
+    name = "local"
+    waits = True
 
     @staticmethod
     def check(stages: list[Stage]) -> None:
         for stage in stages:
-            if any(task.nodes > 1 for step in stage.steps for task in step.tasks):
+            if stage.placement.nodes > 1:
                 raise InputError(f"stage {stage.name}: its resources give it several nodes, and the local executor "
                                  "runs on this machine only; use --executor slurm")
 
-    def run(self, stage: Stage, layout: Workdir) -> None:
-        for path, text in stage.files.items():
-            write_text_atomically(path, text)
-        for step in stage.steps:
-            if len(step.tasks) == 1 and self.in_process(step.tasks[0]):
-                self.run_here(stage, step.tasks[0], layout.log(stage.name))
+    def run(self, stages: list[Stage]) -> dict[str, str]:
+        """What a stage prints and logs goes to its log (Workdir.log)."""
+        statuses = {}
+        for number, stage in enumerate(stages, start=1):
+            layout = Workdir(stage.workdir)
+            decision = decision_now(stage, stage_fingerprint(stage))  # its inputs are final now
+            header = f"[{number}/{len(stages)}] {stage.name}"
+            if decision == "skip":
+                say(f"{header}: up to date, skipped")
+                statuses[stage.name] = "skipped"
+                continue
+            say(f"[bold]{header}[/]: {dict(run='running', resume='resuming', redo='redoing')[decision]} "
+                f"({stage.placement.description}; log: {layout.log(stage.name)})")
+            try:
+                self.run_stage(stage)
+            except BaseException as error:
+                mark_failed(stage, {"exit_status": error.exit_status, "log": str(error.log)}
+                            if isinstance(error, StageFailed)
+                            else {"error": str(error) or type(error).__name__, "log": str(layout.log(stage.name))})
+                raise
+            statuses[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
+        return statuses
+
+    def run_stage(self, stage: Stage) -> None:
+        stage_file = write_stage_files(stage)
+        for step in steps(stage.placement):
+            if len(step) == 1 and not step[0].devices and not step[0].launch:
+                self.run_here(stage, step[0])
             else:
-                self.run_processes(stage, step.tasks, layout)
+                self.run_processes(stage, stage_file, step)
 
     @staticmethod
-    def in_process(task: Task) -> bool:
-        return task.command[0] == "wrpo" and not task.devices
-
-    @staticmethod
-    def run_here(stage: Stage, task: Task, log: Path) -> None:
-        from wrpo.cli import run_command
-        from wrpo.progress import is_verbose, stage_log
-
+    def run_here(stage: Stage, process: Process) -> None:
+        log = Workdir(stage.workdir).log(stage.name)
+        shard = parse_shard(process.worker_args[1]) if process.worker_args[:1] == ("--shard",) else None
         with stage_log(log), log.open("a", buffering=1) as printed, contextlib.redirect_stdout(printed):
-            exit_status = run_command([*(["--verbose"] if is_verbose() else []), *task.command[1:]])
-        if exit_status:
-            raise StageFailed(stage.name, exit_status, log, log_tail(log))
+            run_part(stage, shard, merge=process.worker_args == ("--merge",))
 
-    def run_processes(self, stage: Stage, tasks: tuple[Task, ...], layout: Workdir) -> None:
-        """Starts each task once no running one holds any of its devices (more shards than the node
+    def run_processes(self, stage: Stage, stage_file: Path, processes: tuple[Process, ...]) -> None:
+        """Starts each process once no running one holds any of its devices (more shards than the node
         holds at once wait their turn), until all have ended; the first failure stops the rest."""
-        from wrpo.progress import console
-
-        logs = [layout.log(stage.name) if len(tasks) == 1 else layout.task_log(stage.name, index)
-                for index in range(len(tasks))]
-        concurrent = len({task.devices for task in tasks}) if all(task.devices for task in tasks) else len(tasks)
+        layout = Workdir(stage.workdir)
+        logs = [layout.log(stage.name) if len(processes) == 1 else layout.task_log(stage.name, index)
+                for index in range(len(processes))]
+        concurrent = len({p.devices for p in processes}) if all(p.devices for p in processes) else len(processes)
         running: dict[int, subprocess.Popen] = {}
-        waiting = list(range(len(tasks)))
+        waiting = list(range(len(processes)))
         started = time.monotonic()
         with contextlib.ExitStack() as stack, console.status("") as status:
             try:
                 while waiting or running:
-                    busy = {device for index in running for device in tasks[index].devices}
-                    for index in [i for i in waiting if not busy & set(tasks[i].devices)]:
-                        busy |= set(tasks[index].devices)
+                    busy = {device for index in running for device in processes[index].devices}
+                    for index in [i for i in waiting if not busy & set(processes[i].devices)]:
+                        busy |= set(processes[index].devices)
                         waiting.remove(index)
                         logs[index].parent.mkdir(parents=True, exist_ok=True)
                         output = stack.enter_context(logs[index].open("ab"))
                         running[index] = subprocess.Popen(
-                            self.argv(tasks[index]), stdout=output, stderr=subprocess.STDOUT,
-                            env=self.environment(tasks[index], min(concurrent, len(tasks))), start_new_session=True)
+                            self.argv(stage_file, processes[index]), stdout=output, stderr=subprocess.STDOUT,
+                            env=self.environment(stage, processes[index], min(concurrent, len(processes))),
+                            start_new_session=True)
                     for index, process in list(running.items()):
                         code = process.poll()
                         if code:  # the others' work is resumable: stop them rather than wait
@@ -104,30 +124,32 @@ class LocalExecutor:
                         if code == 0:
                             del running[index]
                     elapsed = int(time.monotonic() - started)
-                    status.update(f"{stage.name}: {len(running)} of {len(tasks)} processes running, "
-                                  f"{len(tasks) - len(running) - len(waiting)} done, "
+                    status.update(f"{stage.name}: {len(running)} of {len(processes)} processes running, "
+                                  f"{len(processes) - len(running) - len(waiting)} done, "
                                   f"{elapsed // 60}:{elapsed % 60:02d}")
                     time.sleep(0.5)
             finally:  # a failure, Ctrl-C or any error: no process (and none of its children) is left behind
                 self.stop(list(running.values()))
 
     @staticmethod
-    def argv(task: Task) -> list[str]:
-        argv = executable(task.command)
-        if task.command[:2] == ("accelerate", "launch"):
-            # A port free now: the default one may be held by another run on this machine.
-            position = argv.index("wrpo.cli") - 1  # the -m of the launched module
-            argv[position:position] = ["--main_process_port", str(free_port())]
-        return argv
+    def argv(stage_file: Path, process: Process, port: int | None = None) -> list[str]:
+        """The process's command line with this Python (and so this environment's wrpo); a launch gets a port
+        free now for its rendezvous: the default one may be held by another run on this machine."""
+        if process.launch:
+            return [sys.executable, "-m", "accelerate.commands.launch", *process.launch,
+                    "--main_process_port", str(port or free_port()), *WORKER, str(stage_file), *process.worker_args]
+        return [sys.executable, *WORKER, str(stage_file), *process.worker_args]
 
-    def environment(self, task: Task, concurrent: int) -> dict[str, str]:
+    @staticmethod
+    def environment(stage: Stage, process: Process, concurrent: int) -> dict[str, str]:
         env = dict(os.environ)
-        if task.devices and self.device_type == "gpu":
+        gpu = stage.placement.device_type == "gpu"
+        if process.devices and gpu:
             # Indexes into the devices this run may use: those CUDA_VISIBLE_DEVICES gave it, if any.
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
             env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[d] if d < len(visible) and visible[d] else str(d)
-                                                   for d in task.devices)
-        if concurrent > 1 and (self.device_type == "cpu" or not task.devices):
+                                                   for d in process.devices)
+        if concurrent > 1 and (not gpu or not process.devices):
             # Processes sharing the CPUs: each its share of the cores, or their threads spin against each other.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrent)))
         return env
@@ -146,8 +168,48 @@ class LocalExecutor:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    @staticmethod
+    def in_flight(layout: Workdir) -> list[str]:
+        return []  # a local run holds the workdir's lock, which refuses a second one
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    @staticmethod
+    def states(layout: Workdir, names: list[str]) -> dict[str, StageState]:
+        """The stage a live `wrpo run` of this workdir is running: started, not finished, and marked by that
+        process or one of this host still alive (its shards, its launch)."""
+        runner = live_holder(layout.root)
+        if runner is None:
+            return {}
+        states = {}
+        for name in names:
+            manifest = read_manifest(layout, name) or {}
+            if not manifest.get("complete") and "failed" not in manifest and _running(manifest, runner):
+                states[name] = StageState(name, "running", f"pid {manifest['pid']} on {manifest['host']}; "
+                                                           f"log: {layout.log(name)}")
+        return states
+
+    @staticmethod
+    def scripts(stage: Stage) -> list[str]:
+        """Each process's command line, `python` being this environment's, with the devices it is pinned to
+        (GPUs; CPU layouts ignore them); a launch's port is taken when it starts."""
+        stage_file = Workdir(stage.workdir).stage_file(stage.name)
+        lines = []
+        for step in steps(stage.placement):
+            for process in step:
+                devices = f"CUDA_VISIBLE_DEVICES={','.join(map(str, process.devices))} " if process.devices else ""
+                argv = LocalExecutor.argv(stage_file, process, port=29500)
+                lines.append(devices + shlex.join(["python", *argv[1:]]))
+        return lines
+
+
+def _running(manifest: dict, runner: dict) -> bool:
+    """Marked by the runner itself, or by a process of the runner's host that is still alive."""
+    pid = manifest.get("pid")
+    if pid is None or pid == runner.get("pid"):
+        return pid is not None
+    if manifest.get("host") != runner.get("host"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -13,11 +13,12 @@ from wrpo.data.tokenize import encode_prompt
 from wrpo.errors import InputError, Problems
 from wrpo.modeling import load_tokenizer
 from wrpo.pipeline.recipe import ModelSpec, Recipe
-from wrpo.reward.scorers import check_scorer
 
 
 def check_recipe_inputs(recipe: Recipe) -> None:
     """Raises one InputError listing every problem found."""
+    from wrpo.reward.scorers import check_scorer  # torch: imported by a run, not by `wrpo --help`
+
     problems = Problems()
     rows = problems.check(read_prompts, recipe.prompts)
     for spec in [*recipe.sources, recipe.target]:

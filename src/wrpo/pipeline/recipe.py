@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from wrpo.data.construct import PairSettings
+from wrpo.data.construct import PairSettings, SplitSettings
 from wrpo.errors import InputError
 from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.pipeline.kinds import KINDS
 from wrpo.pipeline.layout import Workdir
+from wrpo.pipeline.placement import SlurmOptions, distributed_type
+from wrpo.reward.settings import RewardSettings
 from wrpo.yaml_files import line_of, load_yaml, validated
 
 
@@ -34,28 +35,6 @@ class ModelSpec(BackendSettings):
         return name
 
 
-class RewardSpec(Strict):
-    model: str | None = Field(default=None, description="A reward model folder or Hub id.")
-    function: str | None = Field(default=None, description="A Python scorer, pkg.module:function.")
-    trust_remote_code: bool = False
-    batch_size: int = 16
-
-    @property
-    def scorer(self) -> str:
-        return self.model or self.function
-
-    @model_validator(mode="after")
-    def one_scorer(self) -> RewardSpec:
-        if (self.model is None) == (self.function is None):
-            raise ValueError("reward needs exactly one of 'model' and 'function'")
-        return self
-
-
-class SplitSpec(Strict):
-    sft_fraction: float = Field(default=1 / 3, ge=0, le=1)
-    seed: int = 42
-
-
 class AblationSpec(Strict):
     """`wrpo ablate`: the paper's comparisons trained from the recipe's target-sft and quadruples."""
 
@@ -67,11 +46,6 @@ class AblationSpec(Strict):
     max_new_tokens: int | None = Field(default=None, ge=1, description=(
         "Longest greedy answer in the evaluation [sampling.max_new_tokens]."))
     batch_size: int = Field(default=16, ge=1, description="Prompts per answering batch, responses per judging batch.")
-
-
-# sbatch options as `key: value` (time: "24:00:00", partition: gpu, mem: 200G, ...), written --key=value.
-SlurmOptions = dict[str, str | int | bool]
-STAGE_KINDS = ("sample", "score", "build", "sft", "wrpo")
 
 
 class StageResources(Strict):
@@ -116,16 +90,25 @@ class Recipe(Strict):
     prompts: Path = Field(description="Prompt file (JSONL, Parquet or datasets folder); relative to the recipe.")
     sources: list[ModelSpec] = Field(min_length=1)
     target: ModelSpec
-    reward: RewardSpec
+    reward: RewardSettings
     sampling: SamplingSettings = SamplingSettings()
     target_sampling: SamplingSettings | None = Field(default=None,
                                                      description="Sampling of target-sft; default: sampling.")
-    split: SplitSpec = SplitSpec()
+    split: SplitSettings = SplitSettings()
     pairs: PairSettings = PairSettings()
     sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields (or `wrpo sft` flag names).")
     wrpo: dict[str, Any] = Field(default_factory=dict, description="WRPOConfig fields (or `wrpo train` flag names).")
     resources: Resources = Resources()
     ablation: AblationSpec | None = None
+    _source: tuple[Path | None, Any] = PrivateAttr(default=(None, None))  # its file and YAML node
+
+    def line(self, *location) -> int | None:
+        """The line of a key of the recipe's file (a tuple of keys and indexes), when it was read from one."""
+        return line_of(self._source[1], location) if self._source[1] is not None else None
+
+    @property
+    def path(self) -> Path | None:
+        return self._source[0]
 
     @property
     def layout(self) -> Workdir:
@@ -145,7 +128,8 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     data, node = load_yaml(path, "recipe")
     recipe = validated(Recipe, data or {}, path, node)
-    base = path.parent
+    recipe._source = (path, node)
+    base = path.parent.resolve()  # the stages' processes may start elsewhere (a Slurm job's folder)
 
     def local(model: str | None) -> str | None:
         """A model named relative to the recipe, when that folder exists; else as written (a Hub id)."""
@@ -165,22 +149,14 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def resolved_resources(recipe: Recipe, path: Path, node) -> Resources:
-    """The resources section with its accelerate configs read from the recipe's folder (and there), and
-    its per-stage keys checked against the recipe's stages; a bad one names its line."""
+    """The resources section with its accelerate configs read from the recipe's folder (and there); its
+    per-stage keys are checked against the stages when they are planned (wrpo.pipeline.plan)."""
     resources = recipe.resources
-    names = {*STAGE_KINDS, "build-sft", "build-pairs", "sample/target-sft", "score/target-sft",
-             *(f"{kind}/sources/{source.name}" for kind in ("sample", "score") for source in recipe.sources)}
-    for key in resources.stages:
-        if key not in names:
-            nearest = difflib.get_close_matches(key, sorted(names), n=1)
-            raise InputError(f"resources.stages: no stage or stage kind '{key}'"
-                             + (f" (did you mean '{nearest[0]}'?)" if nearest else ""), path,
-                             line_of(node, ("resources", "stages", key)))
 
     def local_file(config: Path | None, location: tuple) -> Path | None:
         if config is None:
             return None
-        config = path.parent / config
+        config = path.parent.resolve() / config
         if not config.is_file():
             raise InputError(f"{'.'.join(location)}: no file {config}", path, line_of(node, location))
         return config
@@ -192,15 +168,8 @@ def resolved_resources(recipe: Recipe, path: Path, node) -> Resources:
             if stage.accelerate_config else stage for key, stage in resources.stages.items()}})
 
 
-TRAINING_SECTIONS = ("sft", "wrpo")
+TRAINING_SECTIONS = ("sft", "wrpo")  # each the settings of the stage kind of that name
 MACHINE_SETTINGS = ("bf16", "fp16", "tf32", "deepspeed", "fsdp", "fsdp_config", "use_cpu")
-
-
-def distributed_type(accelerate_config: Path | None) -> str | None:
-    """An accelerate config's distributed_type (DEEPSPEED, MULTI_GPU, FSDP, ...), None without one."""
-    if accelerate_config is None:
-        return None
-    return (yaml.safe_load(accelerate_config.read_text()) or {}).get("distributed_type")
 
 
 def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[str, Any]:
@@ -210,7 +179,7 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
     the same stage would each configure it (accelerate stops on that), so that is refused here."""
     from wrpo.training.settings import build_config, normalise_settings
 
-    section_class = config_class(section)
+    section_class = KINDS[section].config_class()
     given = {key: (value, line_of(node, (section, key))) for key, value in getattr(recipe, section).items()}
     values, lines, _ = normalise_settings(section_class, given, path)
     if isinstance(values.get("deepspeed"), str):
@@ -236,14 +205,6 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
     return values
 
 
-def config_class(section: str):
-    """The config class of a training section or stage kind: sft or wrpo."""
-    from wrpo.training.config import WRPOConfig
-    from wrpo.training.sft import WRPOSFTConfig
-
-    return {"sft": WRPOSFTConfig, "wrpo": WRPOConfig}[section]
-
-
 def section_setting(section: str, settings: dict[str, Any], name: str) -> Any:
     """A training section's setting: its value in `settings` (config fields), else its config class's default."""
-    return settings.get(name, config_class(section).__dataclass_fields__[name].default)
+    return settings.get(name, KINDS[section].config_class().__dataclass_fields__[name].default)

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-import shlex
+import json
 
 from rich.markup import escape
 from rich.table import Table
 
-from wrpo.pipeline.run import PlannedStage, StageState
+from wrpo.pipeline.run import PlannedStage
+from wrpo.pipeline.state import StageState
 from wrpo.progress import console
 
 DECISIONS = {"skip": "up to date: would be skipped", "run": "would run", "resume": "would resume",
              "redo": "changed: would be redone"}
 
 
-def command_line(task) -> str:
-    """The task as a shell line, with the devices it is pinned to (GPUs; CPU layouts ignore them)."""
-    devices = f"CUDA_VISIBLE_DEVICES={','.join(map(str, task.devices))} " if task.devices else ""
-    return devices + shlex.join(task.command)
-
-
-def show_plan(planned: list[PlannedStage], executor: str) -> None:
+def show_plan(planned: list[PlannedStage]) -> None:
+    """Each stage: what would be done with it, how it is placed, its spec (the settings that are not files it
+    reads or writes, one line each), inputs, outputs, and what the executor would start."""
     for number, item in enumerate(planned, start=1):
         stage = item.stage
-        console.print(f"[bold][{number}/{len(planned)}] {escape(stage.name)}[/]: {DECISIONS[item.decision]}",
-                      highlight=False)
-        console.print(f"  launch: {escape(stage.launch)}", highlight=False)
-        console.print(f"  inputs: {escape(', '.join(stage.inputs))}", highlight=False)
-        console.print(f"  outputs: {escape(', '.join(map(str, stage.outputs)))}", highlight=False)
-        if executor == "slurm":
-            for name, script in item.scripts.items():
-                console.print(f"  job {escape(name)}:", highlight=False)
-                console.print("\n".join(f"    {escape(line)}" for line in script.splitlines()), highlight=False,
-                              soft_wrap=True)
-            continue
-        for step in stage.steps:
-            for task in step.tasks:
-                console.print(f"  $ {escape(command_line(task))}", highlight=False, soft_wrap=True)
+        lines = [f"[bold][{number}/{len(planned)}] {escape(stage.name)}[/]: {DECISIONS[item.decision]}",
+                 f"  launch: {escape(stage.placement.description)}"]
+        files = {str(path) for path in [*stage.inputs, *stage.outputs]}
+        for key, value in stage.spec.model_dump(mode="json").items():
+            if isinstance(value, dict):  # a setting left unset is left out
+                value = {name: each for name, each in value.items() if each is not None}
+            if not (str(value) in files or (isinstance(value, list) and value and str(value[0]) in files)):
+                lines.append(f"  {key}: {escape(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
+        lines += [f"  inputs: {escape(', '.join(stage.inputs))}",
+                  f"  outputs: {escape(', '.join(map(str, stage.outputs)))}"]
+        for script in item.scripts:
+            lines += [f"  {'$ ' if len(script.splitlines()) == 1 else ''}{escape(line)}" if index == 0
+                      else f"    {escape(line)}" for index, line in enumerate(script.splitlines())]
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 def show_status(states: list[StageState]) -> None:

@@ -1,9 +1,8 @@
 """The slurm executor: every step of every stage that is not done becomes a Slurm job, chained to the
 jobs of the stages it reads by `afterok` dependencies, so `wrpo run --executor slurm` submits the
-whole pipeline and returns. Shards are a job array; training is one job of `nodes` nodes where srun
-starts one `accelerate launch` per node, the rendezvous taken from Slurm's environment. A stage's last
-job records it as finished (`wrpo run --finish-stage`, or the hidden option of whichever command planned
-the stage, `wrpo ablate`; its first, `--start-stage`, the fingerprint it starts from), and a failed job
+whole pipeline and returns. Shards are a job array, then a merge job; training is one job of `nodes` nodes
+where srun starts one `accelerate launch` per node, the rendezvous taken from Slurm's environment. Every
+job runs wrpo.pipeline.worker on the stage's file, which marks the stage started and finished; a failed job
 cancels the jobs after it (--kill-on-invalid-dep) instead of leaving them pending forever.
 
 Plain sbatch scripts rather than submitit: the scripts are what `wrpo run --plan --executor slurm`
@@ -18,17 +17,18 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from wrpo.errors import InputError
 from wrpo.files import write_text_atomically
+from wrpo.pipeline.kinds import Stage
 from wrpo.pipeline.layout import Workdir, file_name
-from wrpo.pipeline.local import executable
-from wrpo.pipeline.recipe import Recipe
-from wrpo.pipeline.run import remove_outputs, stage_fingerprint, write_manifest
-from wrpo.pipeline.stages import Stage, Step, Task
+from wrpo.pipeline.placement import Process, steps
+from wrpo.pipeline.state import StageState, decide, mark_submitted, remove_outputs
+from wrpo.pipeline.worker import write_stage_files
+from wrpo.progress import say
 
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
 FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
@@ -36,126 +36,129 @@ FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEM
 PORT = "$((20000 + SLURM_JOB_ID % 20000))"
 
 
-def pipeline_marker(recipe_path: Path) -> tuple[str, ...]:
-    """The `wrpo` command (less `wrpo`) whose --start-stage / --finish-stage mark a stage of the pipeline."""
-    return ("run", str(recipe_path.resolve()))
+WORKER = ("-m", "wrpo.pipeline.worker")
 
 
-def job_scripts(recipe: Recipe, stage: Stage, marker: tuple[str, ...]) -> dict[str, str]:
-    """The sbatch script of each step of `stage`, by job name: the first records the stage as started
-    (its fingerprint, once its inputs exist), the last as finished, by `wrpo MARKER --start-stage NAME`
-    and `--finish-stage NAME` (the command that plans the stage: `wrpo run RECIPE`, `wrpo ablate ...`)."""
-    layout = recipe.layout
-    scripts = {}
-    for number, step in enumerate(stage.steps, start=1):
-        name = f"wrpo:{file_name(stage.name)}" + (f":{number}" if len(stage.steps) > 1 else "")
-        before = [_mark(marker, "start", stage)] if number == 1 else []
-        after = [_mark(marker, "finish", stage)] if number == len(stage.steps) else []
-        scripts[name] = _script(name, stage, step, layout, recipe, before, after)
-    return scripts
+class SlurmExecutor:
+    name = "slurm"
+    waits = False
+
+    @staticmethod
+    def check(stages: list[Stage]) -> None:
+        """Every placement is a job Slurm can be asked for; the cluster itself refuses what it cannot give."""
+
+    def run(self, stages: list[Stage]) -> dict[str, str]:
+        """Submits the stages that are not done; returns each stage's status (submitted as job ..., skipped)."""
+        if shutil.which("sbatch") is None:
+            raise InputError("--executor slurm needs Slurm's sbatch on PATH")
+        decisions = decide(stages)
+        submitted: dict[str, list[str]] = {}
+        writers: dict[str, str] = {}  # output -> the job that writes it
+        statuses = {}
+        for number, stage in enumerate(stages, start=1):
+            layout = Workdir(stage.workdir)
+            layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the logs, not their folders
+            header = f"[{number}/{len(stages)}] {stage.name}"
+            if decisions[stage.name] == "skip":
+                say(f"{header}: up to date, skipped")
+                statuses[stage.name] = "skipped"
+                continue
+            if decisions[stage.name] == "redo":
+                remove_outputs(stage)
+            mark_submitted(stage, ready=not any(i in writers for i in map(str, stage.inputs)))
+            write_stage_files(stage)
+            after = sorted({writers[i] for i in map(str, stage.inputs) if i in writers})
+            jobs = []
+            for name, script in self.job_scripts(stage).items():
+                path = write_text_atomically(layout.slurm / f"{name.removeprefix('wrpo:').replace(':', '.')}.sh",
+                                             script)
+                jobs.append(_sbatch(path, after))
+                after = [jobs[-1]]
+            submitted[stage.name] = jobs
+            # Recorded as they go: if sbatch refuses a later stage, the jobs already queued are still known.
+            write_text_atomically(layout.slurm / "jobs.json", json.dumps(submitted, indent=1) + "\n")
+            writers.update({str(output): jobs[-1] for output in stage.outputs})
+            statuses[stage.name] = f"submitted as job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}"
+            say(f"[bold]{header}[/]: {statuses[stage.name]} ({stage.placement.description}; "
+                f"log: {layout.log(stage.name)})")
+        return statuses
+
+    @staticmethod
+    def in_flight(layout: Workdir) -> list[str]:
+        """The jobs of the workdir's last submission still queued or running."""
+        return [f"Slurm job {job.id}" for job in job_states(layout).values() if job.state in ACTIVE]
+
+    @staticmethod
+    def states(layout: Workdir, names: list[str]) -> dict[str, StageState]:
+        """Each stage of the last submission by its most telling job: queued or running while one is, else
+        failed (what its manifest does not say: a job cancelled, timed out, killed)."""
+        states = {}
+        for name, job in job_states(layout).items():
+            if job.state in ACTIVE:
+                where = f" on {job.nodes}" if job.nodes else ""
+                states[name] = StageState(name, "queued" if job.state == "PENDING" else "running",
+                                          f"Slurm job {job.id}{where}; log: {layout.log(name)}")
+            else:
+                states[name] = StageState(name, "failed", f"Slurm job {job.id} {job.state.lower()}"
+                                          f"{f' (exit code {job.exit_code})' if job.exit_code else ''}; "
+                                          f"log: {layout.log(name)}")
+        return states
+
+    def scripts(self, stage: Stage) -> list[str]:
+        return [f"job {name}:\n{script}" for name, script in self.job_scripts(stage).items()]
+
+    @staticmethod
+    def job_scripts(stage: Stage) -> dict[str, str]:
+        """The sbatch script of each step of the stage, by job name."""
+        stage_steps = steps(stage.placement)
+        names = [f"wrpo:{file_name(stage.name)}" + (f":{number}" if len(stage_steps) > 1 else "")
+                 for number in range(1, len(stage_steps) + 1)]
+        return {name: _script(stage, step, name) for name, step in zip(names, stage_steps, strict=True)}
 
 
-def _mark(marker: tuple[str, ...], event: str, stage: Stage) -> str:
-    return shlex.join(executable(("wrpo", *marker, f"--{event}-stage", stage.name)))
-
-
-def _script(name: str, stage: Stage, step: Step, layout: Workdir, recipe: Recipe, before: list[str],
-            after: list[str]) -> str:
-    resources = recipe.resources
-    array = len(step.tasks) > 1
-    task = step.tasks[0]
+def _script(stage: Stage, step: tuple[Process, ...], name: str) -> str:
+    layout, placement = Workdir(stage.workdir), stage.placement
+    array = len(step) > 1
+    process = step[0]
     log = layout.task_log(stage.name, 0).with_name(f"{file_name(stage.name)}.%a.log") if array \
         else layout.log(stage.name)
-    options = {"job-name": name, "output": str(log), "open-mode": "append", "nodes": task.nodes,
-               "ntasks-per-node": 1}
+    options = {"job-name": name, "output": str(log), "open-mode": "append",
+               "nodes": process.nodes, "ntasks-per-node": 1}
     if array:
-        options["array"] = f"0-{len(step.tasks) - 1}"
-    width = len(task.devices)
-    if width and resources.device_type == "gpu":
+        options["array"] = f"0-{len(step) - 1}"
+    width = len(process.devices)
+    if width and placement.device_type == "gpu":
         options["gres"] = f"gpu:{width}"
     elif width:
         options["cpus-per-task"] = width
-    options.update({key.replace("_", "-"): value for key, value in stage.resources.slurm.items()})
+    options.update({key.replace("_", "-"): value for key, value in placement.slurm.items()})
     # A true option is a bare flag (--exclusive), a false one is left out.
     lines = ["#!/bin/bash", *(f"#SBATCH --{key}" + ("" if value is True else f"={value}")
                               for key, value in options.items() if value is not False),
              "set -euo pipefail", "export PYTHONUNBUFFERED=1"]
-    if resources.device_type == "cpu":
+    if placement.device_type == "cpu":
         lines.append('export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"')
-    lines += before
+    stage_file = layout.stage_file(stage.name)
     if array:
         lines.append('case "$SLURM_ARRAY_TASK_ID" in')
-        lines += [f"  {index}) {_command(each)} ;;" for index, each in enumerate(step.tasks)]
+        lines += [f"  {index}) {_command(stage_file, each)} ;;" for index, each in enumerate(step)]
         lines.append("esac")
     else:
-        lines.append(_command(task))
-    return "\n".join(lines + after) + "\n"
+        lines.append(_command(stage_file, process))
+    return "\n".join(lines) + "\n"
 
 
-def _command(task: Task) -> str:
-    argv = executable(task.command)
-    if task.command[:2] != ("accelerate", "launch"):
-        return shlex.join(argv)
+def _command(stage_file: Path, process: Process) -> str:
+    worker = [*WORKER, str(stage_file), *process.worker_args]
+    if not process.launch:
+        return shlex.join([sys.executable, *worker])
     # One launcher per node, each told its rank and the first node's address.
-    position = argv.index("wrpo.cli") - 1  # the -m of the launched module
+    launcher = shlex.join([sys.executable, "-m", "accelerate.commands.launch", *process.launch])
     rendezvous = ' --machine_rank "$SLURM_NODEID" --main_process_ip "$WRPO_HEAD" --main_process_port ' + PORT + " "
-    inner = shlex.join(argv[:position]) + rendezvous + shlex.join(argv[position:])
     return ('WRPO_HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); export WRPO_HEAD; '
             "srun --ntasks-per-node=1 --kill-on-bad-exit=1 "
             "${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} "  # steps do not inherit it (22.05-23.02)
-            f"bash -c {shlex.quote(inner)}")
-
-
-def submit(recipe_path: Path, recipe: Recipe, stages: list[Stage], decisions: dict[str, str],
-           marker: tuple[str, ...]) -> dict[str, str]:
-    """Submits the stages that are not done, their jobs marking them with `marker` (job_scripts); returns
-    each stage's status (submitted as job ..., skipped)."""
-    from wrpo.progress import say
-
-    if shutil.which("sbatch") is None:
-        raise InputError("--executor slurm needs Slurm's sbatch on PATH")
-    layout = recipe.layout
-    refuse_while_jobs_run(recipe_path, layout)
-    layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the jobs' logs, not creates folders
-    submitted: dict[str, list[str]] = {}
-    writers: dict[str, str] = {}  # output -> the job that writes it
-    statuses = {}
-    for number, stage in enumerate(stages, start=1):
-        header = f"[{number}/{len(stages)}] {stage.name}"
-        if decisions[stage.name] == "skip":
-            say(f"{header}: up to date, skipped")
-            statuses[stage.name] = "skipped"
-            continue
-        if decisions[stage.name] == "redo":
-            remove_outputs(stage)
-        ready = not any(i in writers for i in map(str, stage.inputs))
-        write_manifest(layout, stage, fingerprint=stage_fingerprint(stage) if ready else None, complete=False,
-                       submitted=time.strftime("%Y-%m-%d %H:%M:%S"))
-        for path, text in stage.files.items():
-            write_text_atomically(path, text)
-        after = sorted({writers[i] for i in map(str, stage.inputs) if i in writers})
-        jobs = []
-        for name, script in job_scripts(recipe, stage, marker).items():
-            path = write_text_atomically(layout.slurm / f"{name.removeprefix('wrpo:').replace(':', '.')}.sh", script)
-            jobs.append(_sbatch(path, after))
-            after = [jobs[-1]]
-        submitted[stage.name] = jobs
-        # Recorded as they go: if sbatch refuses a later stage, the jobs already queued are still known.
-        write_text_atomically(layout.slurm / "jobs.json", json.dumps(submitted, indent=1) + "\n")
-        writers.update({str(output): jobs[-1] for output in stage.outputs})
-        statuses[stage.name] = f"submitted as job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}"
-        say(f"[bold]{header}[/]: {statuses[stage.name]} ({stage.launch}; log: {layout.log(stage.name)})")
-    return statuses
-
-
-def refuse_while_jobs_run(recipe_path: Path, layout: Workdir) -> None:
-    """An InputError while jobs of the workdir's last submission are queued or running: a second run
-    (local or submitted) would write the same outputs."""
-    active = [job for job in job_states(layout).values() if job.state in ACTIVE]
-    if active:
-        ids = ", ".join(job.id for job in active)
-        raise InputError(f"jobs of an earlier submission are still queued or running ({ids}); "
-                         f"wait for them (wrpo status {recipe_path}) or cancel them with scancel", layout.root)
+            f"bash -c {shlex.quote(launcher + rendezvous + shlex.join(worker))}")
 
 
 def _sbatch(script: Path, after: list[str]) -> str:

@@ -82,10 +82,10 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
     alpha_schedule: str = field(default="linear", metadata={
         "help": "linear: alpha ramps 0 -> alpha_max over the run's optimizer steps; constant: alpha_max throughout."})
     loss: str = field(default="dpo", metadata={
-        "help": "Objective form: dpo, simpo, ipo, or ln_dpo (length-normalised DPO, FuseChat-3.0's; beta about 10)."})
+        "help": f"Objective form: {', '.join(LOSSES)} (ln_dpo: length-normalised DPO, FuseChat-3.0's; beta about 10)."})
     gamma: float = field(default=0.5, metadata={"help": "Target reward margin of the simpo form."})
     label_smoothing: float = field(default=0.0, metadata={
-        "help": "Probability that a preference is flipped (dpo and simpo forms), in [0, 0.5)."})
+        "help": "Probability that a preference is flipped (dpo, simpo and ln_dpo forms), in [0, 0.5)."})
     max_length: int = field(default=2048, metadata={
         "help": "Prompt plus response tokens; responses are cut from the right."})
     max_prompt_length: int = field(default=1800, metadata={"help": "Prompt tokens; prompts are cut from the left."})
@@ -144,6 +144,8 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
              f"alpha_schedule must be one of {', '.join(ALPHA_SCHEDULES)}, got {self.alpha_schedule!r}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (0.0 <= self.label_smoothing < 0.5, f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing}"),
+            (self.label_smoothing == 0.0 or self.loss != "ipo",
+             "label_smoothing does not apply to the ipo form (a squared loss, no preference to flip): leave it at 0"),
             (self.max_prompt_length >= 1, f"max_prompt_length must be at least 1, got {self.max_prompt_length}"),
             (self.max_prompt_length < self.max_length,
              f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"),

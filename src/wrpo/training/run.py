@@ -68,6 +68,18 @@ def train(model: str, data, config: WRPOConfig, *, ref_model: str | None = None,
 FINISHED_FILE = "wrpo-finished.json"
 
 
+def end_distributed() -> None:
+    """Leaves the process group before exit. A gloo group still alive when the interpreter shuts down
+    aborts the process ("terminate called without an active exception"); the trainer's DDP wrapper holds
+    one in reference cycles, so those are collected first, while the interpreter is whole."""
+    import gc
+
+    from accelerate import PartialState
+
+    gc.collect()
+    PartialState().destroy_process_group()
+
+
 def run_fingerprint(config, model: str, data, ref_model: str | None = None) -> str:
     """What makes a training run the same run: the starting model's and the data's content, and every
     setting (the process's rank aside)."""

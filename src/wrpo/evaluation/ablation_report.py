@@ -105,10 +105,28 @@ def format_difference(entry: dict) -> str:
     return f"{difference['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def render(report: dict) -> str:
-    """report.md: the table (a cell marked ↓T below the target, ↓S below target-sft), the flags in
-    words, the plots."""
+TABLE = ("variant", "what it trains", "mean ± std", "per seed", "Δ vs wrpo [95% CI]")
+
+
+def table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The report's table, for report.md and the console alike: the baselines, then every variant; a cell
+    marked ↓T below the target, ↓S below target-sft, a difference marked * where its interval excludes 0."""
     categories = report["categories"]
+    rows = [[label, "(no training here)", f"{values['mean_reward']:.3f}", "", "",
+             *(f"{values['per_category'][c]:.3f}" for c in categories)]
+            for label, values in report["baselines"].items()]
+    for name, entry in report["variants"].items():
+        significant = "*" if entry.get("vs_wrpo", {}).get("significant") else ""
+        rows.append([name, entry["description"] + (f" (= {entry['same_as']}'s run)" if "same_as" in entry else ""),
+                     f"{entry['mean_reward']:.3f} ± {entry['std']:.3f}{_marks(entry, OVERALL)}",
+                     ", ".join(f"{v:.3f}" for v in entry["per_seed"]), format_difference(entry) + significant,
+                     *(f"{entry['per_category'][c]:.3f}{_marks(entry, c)}" for c in categories)])
+    return [*TABLE, *categories], rows
+
+
+def render(report: dict) -> str:
+    """report.md: the table, the flags in words, the plots."""
+    columns, rows = table(report)
     lines = [f"# Ablation of {report['recipe']}", "",
              f"Judge: `{report['judge']}`; {report['eval_prompts']} held-out prompts "
              f"(`{report['eval_prompts_file']}`); "
@@ -116,18 +134,8 @@ def render(report: dict) -> str:
              "wrpo in one thing. *Δ vs wrpo*: the per-prompt reward difference from wrpo of the same seed, averaged "
              "over seeds and prompts, with a 95% bootstrap interval over prompts (* where it excludes 0). "
              "↓T: below the starting target; ↓S: below target-sft.", "",
-             "| variant | what it trains | mean ± std | per seed | Δ vs wrpo [95% CI] | "
-             + " | ".join(categories) + " |", "|---|---|---|---|---|" + "---|" * len(categories)]
-    for label, values in report["baselines"].items():
-        lines.append(f"| {label} | (no training here) | {values['mean_reward']:.3f} | | | "
-                     + " | ".join(f"{values['per_category'][c]:.3f}" for c in categories) + " |")
-    for name, entry in report["variants"].items():
-        what = entry["description"] + (f" (= {entry['same_as']}'s run)" if "same_as" in entry else "")
-        lines.append(f"| {'**' + name + '**' if name == 'wrpo' else name} | {what} | "
-                     f"{entry['mean_reward']:.3f} ± {entry['std']:.3f}{_marks(entry, OVERALL)} | "
-                     f"{', '.join(f'{v:.3f}' for v in entry['per_seed'])} | {format_difference(entry)}"
-                     f"{'*' if entry.get('vs_wrpo', {}).get('significant') else ''} | "
-                     + " | ".join(f"{entry['per_category'][c]:.3f}{_marks(entry, c)}" for c in categories) + " |")
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     below = flags(report)
     lines += ["", "## Below the starting point", ""]
     lines += [f"- {line}" for line in below] or ["No variant ends below the target or target-sft, overall or in any "
@@ -143,21 +151,18 @@ def _marks(entry: dict, category: str) -> str:
 
 
 def show(report: dict) -> None:
-    """The table on the console, and every flag in red."""
+    """The table on the console (without the variants' descriptions), and every flag in red."""
     from rich.table import Table
 
     from wrpo.progress import console
 
-    table = Table(title=f"held-out reward, seeds {', '.join(map(str, report['seeds']))} (mean ± std)")
-    for column in ("variant", "mean ± std", "Δ vs wrpo [95% CI]", *report["categories"]):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for label, values in report["baselines"].items():
-        table.add_row(label, f"{values['mean_reward']:.3f}", "",
-                      *(f"{values['per_category'][c]:.3f}" for c in report["categories"]))
-    for name, entry in report["variants"].items():
-        table.add_row(name, f"{entry['mean_reward']:.3f} ± {entry['std']:.3f}{_marks(entry, OVERALL)}",
-                      format_difference(entry),
-                      *(f"{entry['per_category'][c]:.3f}{_marks(entry, c)}" for c in report["categories"]))
-    console.print(table)
+    columns, rows = table(report)
+    shown = [index for index, column in enumerate(columns) if column != "what it trains"]
+    console_table = Table(title=f"held-out reward, seeds {', '.join(map(str, report['seeds']))} (mean ± std)")
+    for index in shown:
+        console_table.add_column(columns[index], justify="left" if index == 0 else "right")
+    for row in rows:
+        console_table.add_row(*(row[index] for index in shown))
+    console.print(console_table)
     for line in flags(report):
         console.print(f"[red]{line}")
