@@ -255,8 +255,8 @@ def _echo_statuses(statuses: dict[str, str]) -> None:
 def _executor_option(what: str):
     from wrpo.pipeline.run import EXECUTORS
 
-    return typer.Option("local", help=f"Where {what} run: {', '.join(EXECUTORS)} (local: processes on this machine; "
-                                      "slurm: Slurm jobs chained by dependencies, submitted at once).")
+    executors = "; ".join(f"{name}: {executor.description}" for name, executor in EXECUTORS.items())
+    return typer.Option("local", help=f"Where {what} run ({executors}).")
 
 
 @app.command()

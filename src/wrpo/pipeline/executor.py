@@ -24,6 +24,7 @@ class StageFailed(Exception):
 
 class Executor(Protocol):
     name: str
+    description: str  # where it runs stages, for --executor's help
     waits: bool  # run() returns when the stages are done (else once they are submitted)
 
     def check(self, stages: list[Stage]) -> None:

@@ -47,6 +47,7 @@ def free_port() -> int:
 
 class LocalExecutor:
     name = "local"
+    description = "processes on this machine"
     waits = True
 
     @staticmethod

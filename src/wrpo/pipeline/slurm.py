@@ -41,6 +41,7 @@ WORKER = ("-m", "wrpo.pipeline.worker")
 
 class SlurmExecutor:
     name = "slurm"
+    description = "Slurm jobs chained by dependencies, all submitted at once"
     waits = False
 
     @staticmethod
