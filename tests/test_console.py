@@ -38,7 +38,8 @@ def test_training_prints_a_few_plain_lines_with_its_metrics_and_none_of_the_libr
     # One line per quarter of the run, each with the step and the loss; nothing else but what wrpo says.
     assert [line.split()[2] for line in progress] == ["2/8", "4/8", "6/8", "8/8"], done.stderr
     assert all(" loss " in line for line in progress)
-    assert len(lines) == len(progress), done.stderr  # no tqdm bars, log dicts, DeepSpeed or datasets lines
+    # The optional kernels, said once; then no tqdm bars, log dicts, DeepSpeed or datasets lines.
+    assert lines[0].startswith("kernels: Liger's kernels off") and len(lines) == len(progress) + 1, done.stderr
     assert "it/s" not in done.stderr and "{'loss'" not in done.stderr and "accelerator" not in done.stderr
     assert done.stdout == f"saved the fine-tuned model to {output}\n"
     assert len((output / "metrics.jsonl").read_text().splitlines()) == 8  # every step still recorded

@@ -1,5 +1,7 @@
 """`wrpo sft` on tiny local models: the command, its settings, the tokens it trains on."""
 
+import contextlib
+
 import pytest
 from typer.testing import CliRunner
 
@@ -16,12 +18,17 @@ def test_sft_through_the_command_line(zoo, tmp_path):
     assert (tmp_path / "sft" / "model.safetensors").exists()
 
 
-def test_sft_honours_the_older_gradient_checkpointing_name(tmp_path):
+def test_sft_honours_either_name_of_activation_checkpointing(tmp_path):
+    """`activation_checkpointing` (wrpo's name, transformers' from 5.2x) and `gradient_checkpointing` (the older
+    one, which transformers 5.2x deprecates with a warning) both turn it on, on every transformers supported."""
+    from wrpo.training.compat import NAMES_ACTIVATION_CHECKPOINTING, checkpointing_on
     from wrpo.training.sft import WRPOSFTConfig
 
-    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated"):  # transformers' own warning
-        assert WRPOSFTConfig(output_dir=str(tmp_path), gradient_checkpointing=True).activation_checkpointing is True
-    assert WRPOSFTConfig(output_dir=str(tmp_path)).activation_checkpointing is False
+    assert checkpointing_on(WRPOSFTConfig(output_dir=str(tmp_path), activation_checkpointing=True))
+    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated") if NAMES_ACTIVATION_CHECKPOINTING \
+            else contextlib.nullcontext():
+        assert checkpointing_on(WRPOSFTConfig(output_dir=str(tmp_path), gradient_checkpointing=True))
+    assert not checkpointing_on(WRPOSFTConfig(output_dir=str(tmp_path)))
 
 
 def test_sft_trains_on_response_tokens_only(zoo, tmp_path):

@@ -6,13 +6,15 @@ import sys
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from conftest import WORDS, write_jsonl
+from wrpo.cli import app
 from wrpo.data import QuadrupleCollator, QuadrupleEncoder, load_quadruple_dataset
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.training import WRPOConfig, WRPOTrainer, train
 from wrpo.training.logps import batch_logps
-from wrpo.training.packing import attention_by_units
+from wrpo.training.packing import INSTALLED_VARLEN, attention_by_units
 from wrpo.training.reference import with_reference_logps
 
 NAIVE = dict(share_prompt=False, chunk_size=0, padding_free=False)
@@ -182,7 +184,8 @@ def test_packing_under_activation_checkpointing_recomputes_through_the_packed_at
     tokenizer, model, dataset = setting
     examples = [dataset[i] for i in range(6)]
     naive_logps, _, naive_grads = logps_and_gradients(model, tokenizer, examples, **NAIVE)
-    model.activation_checkpointing_enable()
+    # As the Trainer does it, by the name of the installed transformers (the older one before 5.2x).
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.train()
     with attention_by_units(model):
         logps, _, grads = logps_and_gradients(model, tokenizer, examples, True, 7, padding_free=True)
@@ -373,3 +376,53 @@ def test_padding_free_on_a_gpu_in_bf16_equals_the_naive_log_probs(setting, weigh
 
     torch.testing.assert_close(logps(padding_free=True), logps(share_prompt=False, padding_free=False),
                                atol=0.05, rtol=0.01)
+
+
+def test_each_optional_kernel_is_used_where_installed_and_can_run():
+    from wrpo.training.packing import VarlenKernel
+    from wrpo.training.speedups import liger_by_default, liger_said, packed_attention_said
+
+    assert [liger_by_default(installed, cuda) for installed, cuda in ((True, True), (True, False), (False, True))] \
+        == [True, False, False]
+    assert liger_said(False, False, True) == "Liger's kernels off (pip install 'wrpo[gpu]' for them)"
+    assert liger_said(False, True, False) == "Liger's kernels off (installed; they need a CUDA GPU)"
+    assert liger_said(True, True, True) == "Liger's kernels on"
+
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                               causal=False):  # flash-attn's signature, the kernel a GPU user installs
+        raise AssertionError("not called here")
+
+    flash_attn_varlen_func.__module__ = "flash_attn.flash_attn_interface"
+    kernel = VarlenKernel.of(flash_attn_varlen_func)
+    assert packed_attention_said(kernel, cuda=True, half=True) == \
+        "packed attention through flash_attn.flash_attn_interface.flash_attn_varlen_func"
+    assert packed_attention_said(kernel, cuda=False, half=True).endswith("(it needs a CUDA GPU)")
+    assert packed_attention_said(kernel, cuda=True, half=False).endswith("(it needs bf16 or fp16)")
+    assert packed_attention_said(None, cuda=True, half=True).endswith("(no varlen kernel installed)")
+
+
+def test_a_run_says_once_which_kernels_it_uses(tiny_model, native_data, tmp_path):
+    """On this machine (no GPU): Liger off, said with why; the packed rows through padded units."""
+    from wrpo.training.speedups import LIGER_INSTALLED
+
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model), "--data", str(native_data), "--output",
+                                      str(tmp_path / "out"), "--max-steps", "1", "--max-length", "48",
+                                      "--max-prompt-length", "24"])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if line.startswith("kernels: ")]
+    liger = "(installed; they need a CUDA GPU)" if LIGER_INSTALLED else "(pip install 'wrpo[gpu]' for them)"
+    assert said == [f"kernels: Liger's kernels off {liger}; packed attention through SDPA over padded units "
+                    f"({'it needs a CUDA GPU' if INSTALLED_VARLEN else 'no varlen kernel installed'})"]
+
+
+@pytest.mark.engines  # the engines venv holds liger-kernel (its triton comes with vLLM); the main one does not
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does with liger-kernel")
+def test_liger_installed_without_a_gpu_is_off_and_refused_when_asked_for(tmp_path):
+    pytest.importorskip("liger_kernel")
+    from wrpo.training.speedups import speedups_said
+
+    config = WRPOConfig(output_dir=str(tmp_path))
+    assert config.use_liger_kernel is False
+    assert speedups_said(config).startswith("kernels: Liger's kernels off (installed; they need a CUDA GPU)")
+    with pytest.raises(ValueError, match="Liger's kernels \\(triton\\) run on CUDA GPUs only"):
+        WRPOConfig(output_dir=str(tmp_path), use_liger_kernel=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,6 +18,32 @@ def check_model_location(name_or_path: str) -> None:
         return
     if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path):
         raise InputError("model folder does not exist", name_or_path)
+
+
+def refuse_own_code(name_or_path: str, trust_remote_code: bool) -> None:
+    """A model that ships its own code (`auto_map` in its config.json or tokenizer_config.json, the code beside
+    it: ArmoRM's modeling_custom.py) is refused in one line before any of its code can run, unless allowed. A
+    Hub id's config is not read here: transformers refuses it the same way (checked where it loads)."""
+    folder = Path(name_or_path).expanduser()
+    if trust_remote_code or not folder.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        auto_map = json.loads(path.read_text()).get("auto_map") if path.is_file() else None
+        if auto_map:
+            modules = sorted({str(entry).split(".")[0] + ".py" for value in auto_map.values()
+                              for entry in (value if isinstance(value, list) else [value]) if entry})
+            raise InputError(f"the model runs its own code ({', '.join(modules)}, named by {name}'s auto_map); "
+                             f"allow it with {OWN_CODE_HINT}", name_or_path)
+
+
+# How a user allows a model's own code, wherever they name the model.
+OWN_CODE_HINT = "--trust-remote-code (in a recipe: reward.trust_remote_code: true)"
+
+
+def own_code_refused(error: Exception) -> bool:
+    """transformers' refusal to run a Hub model's own code without trust_remote_code."""
+    return "trust_remote_code" in str(error)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

@@ -22,7 +22,7 @@ import torch
 from wrpo.data.records import Prompt
 from wrpo.data.tokenize import as_messages, plain_prompt, render_chat
 from wrpo.errors import InputError
-from wrpo.modeling import check_model_location
+from wrpo.modeling import OWN_CODE_HINT, check_model_location, own_code_refused, refuse_own_code
 
 
 class FunctionScorer:
@@ -59,6 +59,7 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         check_model_location(model_dir)
+        refuse_own_code(model_dir, trust_remote_code)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         try:
@@ -66,8 +67,7 @@ class RewardModelScorer:
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 model_dir, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
         except (OSError, ValueError) as error:
-            raise InputError(f"no reward model could be loaded ({str(error).strip().splitlines()[0]})",
-                             model_dir) from None
+            raise _load_error(error, model_dir) from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Sequence classifiers read their score at the last non-pad token, found through this id.
@@ -119,8 +119,15 @@ def check_scorer(spec: str, prompt: Prompt, trust_remote_code: bool = False, met
     from transformers import AutoConfig, AutoTokenizer
 
     check_model_location(spec)
+    refuse_own_code(spec, trust_remote_code)
     try:
         AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
         AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise InputError(f"no reward model could be loaded ({str(error).strip().splitlines()[0]})", spec) from None
+        raise _load_error(error, spec) from None
+
+
+def _load_error(error: Exception, location: str) -> InputError:
+    if own_code_refused(error):
+        return InputError(f"the model runs its own code; allow it with {OWN_CODE_HINT}", location)
+    return InputError(f"no reward model could be loaded ({str(error).strip().splitlines()[0]})", location)

@@ -8,7 +8,6 @@ Every setting is checked here, once, when the config is built.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,9 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from wrpo.losses import LOSSES, SOURCE_WEIGHTINGS
+from wrpo.training.compat import checkpointing_for_this_transformers, checkpointing_on
 from wrpo.training.schedules import ALPHA_SCHEDULES
+from wrpo.training.speedups import LIGER_INSTALLED, liger_by_default
 
 logger = logging.get_logger(__name__)
 
@@ -57,6 +58,9 @@ class PaperTrainingDefaults:
         "help": "Dtype the weights are loaded and trained in: float32 (mixed precision autocasts over them) or "
                 "bfloat16. bfloat16 halves the weights' memory, but without float32 master weights in the optimizer "
                 "updates below its resolution (WRPO's 3e-7 learning rate on most weights) are rounded away."})
+    use_liger_kernel: bool | None = field(default=None, metadata={
+        "help": "Liger's layer kernels (RMSNorm, SwiGLU, RoPE; not its cross entropy in WRPO, whose chunked head does "
+                "that work); default: on where liger-kernel is installed and a CUDA GPU trains."})
 
     def __post_init__(self):
         if self.model_dtype not in MODEL_DTYPES:
@@ -66,7 +70,15 @@ class PaperTrainingDefaults:
                              "float32 weights): set bf16 instead of fp16, or model_dtype float32")
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.use_liger_kernel is None:
+            self.use_liger_kernel = liger_by_default(LIGER_INSTALLED, torch.cuda.is_available())
+        elif self.use_liger_kernel and not LIGER_INSTALLED:
+            raise ValueError("use_liger_kernel needs liger-kernel (pip install 'wrpo[gpu]'), whose kernels run on "
+                             "CUDA GPUs")
+        elif self.use_liger_kernel and not torch.cuda.is_available():
+            raise ValueError("use_liger_kernel: Liger's kernels (triton) run on CUDA GPUs only, and there is none here")
         apply_cpu_defaults(self)
+        checkpointing_for_this_transformers(self)
         super().__post_init__()
 
     @property
@@ -124,9 +136,6 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
     activation_checkpointing: bool | None = field(default=None, metadata={
         "help": "Recompute each layer's activations in backward instead of keeping them; default: on with a GPU. "
                 "As in TRL: on a GPU a batch's activations outgrow the weights and optimizer state."})
-    use_liger_kernel: bool = field(default=False, metadata={
-        "help": "Liger's layer kernels (RMSNorm, SwiGLU, RoPE) on the policy; needs liger-kernel and a CUDA GPU. "
-                "Not its fused cross entropy: the chunked output head does that work."})
     # Where use_liger_kernel is on: every kernel but the two cross entropies, which would replace the model's
     # forward with one that computes a loss from labels (wrpo's log-probs need none).
     liger_kernel_config: dict | None = field(
@@ -155,8 +164,6 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
             (self.lora_r >= 0, f"lora_r must be 0 (no LoRA) or positive, got {self.lora_r}"),
             (self.lora_r > 0 or not self.merge_lora, "merge_lora needs lora_r > 0"),
             (self.lora_r > 0 or not self.load_in_4bit, "load_in_4bit needs lora_r > 0: a 4-bit base cannot train"),
-            (not self.use_liger_kernel or importlib.util.find_spec("liger_kernel") is not None,
-             "use_liger_kernel needs liger-kernel (pip install 'wrpo[gpu]'), whose kernels run on CUDA GPUs"),
             (self.source_weighting in SOURCE_WEIGHTINGS,
              f"source_weighting must be one of {', '.join(SOURCE_WEIGHTINGS)}, got {self.source_weighting!r}"),
         ]
@@ -168,7 +175,7 @@ class WRPOConfig(PaperTrainingDefaults, TrainingArguments):
         super().__post_init__()
         if self.reference_batch_size is None:
             self.reference_batch_size = 4 * self.per_device_train_batch_size
-        if self.activation_checkpointing and self.share_prompt and not self.padding_free:
+        if checkpointing_on(self) and self.share_prompt and not self.padding_free:
             # Activation checkpointing turns the key/value cache off, which the shared prompt needs (the
             # padding-free layout shares the prompt without a cache).
             logger.warning("activation_checkpointing is on: share_prompt is turned off")

@@ -26,6 +26,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from wrpo.data.dataset import QuadrupleCollator
 from wrpo.losses import ResponseLogps
+from wrpo.training.compat import CACHE, cache_of
 from wrpo.training.packing import PackedUnits, attention_by_units
 
 
@@ -128,15 +129,15 @@ def shared_prompt_logps(model, prompt_ids, prompt_mask, response_ids, response_m
     prompt_positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)
     prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
                        use_cache=True, logits_to_keep=1)
-    cache = prompt_out.cache
+    cache = cache_of(prompt_out)
     cache.batch_repeat_interleave(per_prompt)
 
     prompt_lengths = prompt_mask.sum(dim=-1).repeat_interleave(per_prompt)  # [N]
     positions = prompt_lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, dim=0), response_mask.long()], dim=1)
     response_out, response_hidden = forward_with_final_hidden(
-        model, chunk_size, input_ids=response_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-        use_cache=True)
+        model, chunk_size, input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
+        use_cache=True, **{CACHE: cache})
 
     # The first response token is predicted by the prompt's last logit, token t+1 by response position t.
     # Indexing (not repeating) the prompts' log-probs keeps autograd from saving one [vocab] row per response.

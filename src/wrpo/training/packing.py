@@ -46,6 +46,10 @@ class VarlenKernel:
     parameters: frozenset[str]
     native_gqa: bool = False
 
+    @property
+    def name(self) -> str:
+        return f"{self.function.__module__}.{self.function.__name__}"
+
     @classmethod
     def of(cls, function: Callable) -> VarlenKernel:
         return cls(function, frozenset(inspect.signature(function).parameters),
@@ -75,14 +79,15 @@ class VarlenKernel:
 
 
 def installed_varlen_kernel() -> VarlenKernel | None:
-    with contextlib.suppress(ImportError):
-        from torch.nn.attention.varlen import varlen_attn
-
-        return VarlenKernel.of(varlen_attn)
+    """flash-attn's where it is installed (wrpo[gpu]: a user who installs it means it to be used), else torch's."""
     with contextlib.suppress(ImportError):
         from flash_attn import flash_attn_varlen_func
 
         return VarlenKernel.of(flash_attn_varlen_func)
+    with contextlib.suppress(ImportError):
+        from torch.nn.attention.varlen import varlen_attn
+
+        return VarlenKernel.of(varlen_attn)
     return None
 
 

@@ -26,6 +26,7 @@ from wrpo.progress import is_main_process, is_verbose, say
 from wrpo.training.callbacks import TrainingDisplay
 from wrpo.training.config import WRPOConfig
 from wrpo.training.policy import load_policy, peft_reads_old_names
+from wrpo.training.speedups import speedups_said
 from wrpo.training.trainer import WRPOTrainer
 
 
@@ -136,6 +137,7 @@ def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(TrainingDisplay(output_dir.name))
+    say(speedups_said(trainer.args))
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if checkpoint:
         say(f"resuming from {checkpoint}")
