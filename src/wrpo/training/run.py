@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -137,7 +138,7 @@ def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(TrainingDisplay(output_dir.name))
-    say(speedups_said(trainer.args))
+    say(escape(speedups_said(trainer.args)))  # plain text: [gpu] is no markup
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if checkpoint:
         say(f"resuming from {checkpoint}")
