@@ -13,7 +13,6 @@ from conftest import native_rows, write_jsonl
 from test_recipe import recipe_file
 from wrpo.ablation.variants import plan_ablation
 from wrpo.pipeline.kinds import KINDS, Stage
-from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.plan import plan
 from wrpo.pipeline.recipe import load_recipe
 from wrpo.pipeline.state import read_manifest, stage_fingerprint
@@ -89,6 +88,6 @@ def test_a_bad_stage_is_one_line_and_exit_status_2(zoo, tmp_path):
     stage = next(stage for stage in plan(recipe) if stage.name == "build-sft")  # its scores were never made
     done = worker(write_stage_files(stage))
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
-    assert not read_manifest(Workdir(stage.workdir), stage.name)["complete"]
+    assert not read_manifest(stage.layout, stage.name)["complete"]
     wrong = worker(write_stage_files(stage), "--shard", "3/2")
     assert wrong.returncode == 2 and "--shard 3/2: I must lie in 0..N-1" in wrong.stderr

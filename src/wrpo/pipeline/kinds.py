@@ -21,6 +21,7 @@ from wrpo.data.construct import PairSettings, SplitSettings
 from wrpo.data.variant_data import VariantDataSpec, write_variant_data
 from wrpo.evaluation.ablation_judge import ReportSpec, judge_and_report
 from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.placement import Placement
 from wrpo.reward.settings import RewardSettings
 
@@ -213,3 +214,7 @@ class Stage(BaseModel):
     @property
     def settings(self) -> dict:
         return KINDS[self.kind].settings(self.spec)
+
+    @property
+    def layout(self) -> Workdir:
+        return Workdir(self.workdir)

@@ -23,7 +23,7 @@ from wrpo.pipeline.executor import StageFailed
 from wrpo.pipeline.kinds import Stage
 from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.placement import Process, steps
-from wrpo.pipeline.state import StageState, decision_now, mark_failed, read_manifest, stage_fingerprint
+from wrpo.pipeline.state import StageState, decision_now, mark_failed, read_manifest
 from wrpo.pipeline.worker import run_part, write_stage_files
 from wrpo.progress import console, say, stage_log
 
@@ -61,8 +61,8 @@ class LocalExecutor:
         """What a stage prints and logs goes to its log (Workdir.log)."""
         statuses = {}
         for number, stage in enumerate(stages, start=1):
-            layout = Workdir(stage.workdir)
-            decision = decision_now(stage, stage_fingerprint(stage))  # its inputs are final now
+            layout = stage.layout
+            decision = decision_now(stage)  # its inputs are final now
             header = f"[{number}/{len(stages)}] {stage.name}"
             if decision == "skip":
                 say(f"{header}: up to date, skipped")
@@ -90,7 +90,7 @@ class LocalExecutor:
 
     @staticmethod
     def run_here(stage: Stage, process: Process) -> None:
-        log = Workdir(stage.workdir).log(stage.name)
+        log = stage.layout.log(stage.name)
         shard = parse_shard(process.worker_args[1]) if process.worker_args[:1] == ("--shard",) else None
         with stage_log(log), log.open("a", buffering=1) as printed, contextlib.redirect_stdout(printed):
             run_part(stage, shard, merge=process.worker_args == ("--merge",))
@@ -98,7 +98,7 @@ class LocalExecutor:
     def run_processes(self, stage: Stage, stage_file: Path, processes: tuple[Process, ...]) -> None:
         """Starts each process once no running one holds any of its devices (more shards than the node
         holds at once wait their turn), until all have ended; the first failure stops the rest."""
-        layout = Workdir(stage.workdir)
+        layout = stage.layout
         logs = [layout.log(stage.name) if len(processes) == 1 else layout.task_log(stage.name, index)
                 for index in range(len(processes))]
         concurrent = len({p.devices for p in processes}) if all(p.devices for p in processes) else len(processes)
@@ -192,7 +192,7 @@ class LocalExecutor:
     def scripts(stage: Stage) -> list[str]:
         """Each process's command line, `python` being this environment's, with the devices it is pinned to
         (GPUs; CPU layouts ignore them); a launch's port is taken when it starts."""
-        stage_file = Workdir(stage.workdir).stage_file(stage.name)
+        stage_file = stage.layout.stage_file(stage.name)
         lines = []
         for step in steps(stage.placement):
             for process in step:

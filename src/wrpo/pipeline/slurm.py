@@ -57,7 +57,7 @@ class SlurmExecutor:
         writers: dict[str, str] = {}  # output -> the job that writes it
         statuses = {}
         for number, stage in enumerate(stages, start=1):
-            layout = Workdir(stage.workdir)
+            layout = stage.layout
             layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the logs, not their folders
             header = f"[{number}/{len(stages)}] {stage.name}"
             if decisions[stage.name] == "skip":
@@ -118,7 +118,7 @@ class SlurmExecutor:
 
 
 def _script(stage: Stage, step: tuple[Process, ...], name: str) -> str:
-    layout, placement = Workdir(stage.workdir), stage.placement
+    layout, placement = stage.layout, stage.placement
     array = len(step) > 1
     process = step[0]
     log = layout.task_log(stage.name, 0).with_name(f"{file_name(stage.name)}.%a.log") if array \

@@ -48,7 +48,7 @@ def read_manifest(layout: Workdir, name: str) -> dict | None:
 
 
 def write_manifest(stage: Stage, **fields) -> None:
-    write_text_atomically(Workdir(stage.workdir).manifest(stage.name), json.dumps(fields) + "\n")
+    write_text_atomically(stage.layout.manifest(stage.name), json.dumps(fields) + "\n")
 
 
 def decide(stages: list[Stage]) -> dict[str, str]:
@@ -58,7 +58,7 @@ def decide(stages: list[Stage]) -> dict[str, str]:
     decisions = {}
     for stage in stages:
         if any(str(Path(i)) in changing for i in stage.inputs):
-            decision = "redo" if read_manifest(Workdir(stage.workdir), stage.name) else "run"
+            decision = "redo" if read_manifest(stage.layout, stage.name) else "run"
         else:
             decision = decision_now(stage)
         decisions[stage.name] = decision
@@ -67,13 +67,13 @@ def decide(stages: list[Stage]) -> dict[str, str]:
     return decisions
 
 
-def decision_now(stage: Stage, fingerprint: str | None = None) -> str:
-    """skip, run, resume or redo for a stage whose inputs are as they will be when it runs; `fingerprint`
-    (its inputs' fingerprint, if the caller has it already) is computed only when a manifest needs it."""
-    manifest = read_manifest(Workdir(stage.workdir), stage.name)
+def decision_now(stage: Stage) -> str:
+    """skip, run, resume or redo for a stage whose inputs are as they will be when it runs; its inputs'
+    fingerprint is computed only when a manifest needs it."""
+    manifest = read_manifest(stage.layout, stage.name)
     if manifest is None:
         return "run"
-    if manifest.get("fingerprint") != (fingerprint or stage_fingerprint(stage)):  # None: submitted, never started
+    if manifest.get("fingerprint") != stage_fingerprint(stage):  # None: submitted, never started
         return "redo"
     if manifest.get("complete") and all(output.exists() for output in stage.outputs):
         return "skip"
@@ -100,7 +100,7 @@ def mark_started(stage: Stage) -> None:
     """Records the fingerprint the stage starts from, its inputs being final by then; its outputs are removed
     first when they were made from other inputs. The shards of a stage each mark it as they start: under a
     lock, so that the first removes what is stale and the others find it started from the same inputs."""
-    layout = Workdir(stage.workdir)
+    layout = stage.layout
     manifest_path = layout.manifest(stage.name)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = stage_fingerprint(stage)
@@ -113,13 +113,13 @@ def mark_started(stage: Stage) -> None:
 
 
 def mark_finished(stage: Stage) -> None:
-    manifest = read_manifest(Workdir(stage.workdir), stage.name) or {}
+    manifest = read_manifest(stage.layout, stage.name) or {}
     write_manifest(stage, fingerprint=manifest.get("fingerprint") or stage_fingerprint(stage), complete=True)
 
 
 def mark_failed(stage: Stage, failure: dict) -> None:
     """`failure`: the exit status or error, and the log to read."""
-    manifest = read_manifest(Workdir(stage.workdir), stage.name) or {}
+    manifest = read_manifest(stage.layout, stage.name) or {}
     write_manifest(stage, fingerprint=manifest.get("fingerprint"), complete=False, failed=failure)
 
 

@@ -23,14 +23,13 @@ from wrpo.data.resumable import merge_jsonl, model_prompt_key, parse_shard
 from wrpo.errors import InputError
 from wrpo.files import write_text_atomically
 from wrpo.pipeline.kinds import KINDS, Stage
-from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.state import mark_finished, mark_started
 from wrpo.progress import configure_console, console, is_main_process, is_verbose
 
 
 def write_stage_files(stage: Stage) -> Path:
     """The files the stage's processes read: the stage itself, and the accelerate config made for it."""
-    layout = Workdir(stage.workdir)
+    layout = stage.layout
     if stage.placement.generated_config is not None:
         write_text_atomically(stage.placement.accelerate_config, yaml.safe_dump(stage.placement.generated_config))
     return write_text_atomically(layout.stage_file(stage.name), stage.model_dump_json(indent=1) + "\n")
@@ -38,7 +37,7 @@ def write_stage_files(stage: Stage) -> Path:
 
 def run_part(stage: Stage, shard: tuple[int, int] | None = None, merge: bool = False) -> None:
     """One process's part of the stage: all of it, one shard, or the merge of the shards."""
-    kind, layout = KINDS[stage.kind], Workdir(stage.workdir)
+    kind, layout = KINDS[stage.kind], stage.layout
     output = stage.spec.output if stage.placement.shards > 1 else None
     parts = [layout.shard(output, index, stage.placement.shards) for index in range(stage.placement.shards)] \
         if output else []
