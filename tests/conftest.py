@@ -2,6 +2,7 @@ import json
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 # Nothing may reach a model hub: tiny models are built here and loaded from disk. Nor may vLLM send
@@ -70,6 +71,14 @@ def release_rows() -> list[dict]:
 def scorers_env(env: dict) -> dict:
     """`env` with tests/ first on PYTHONPATH, for a wrpo process that a test starts with --judge scorers:NAME."""
     return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))}
+
+
+def gone(process: psutil.Process) -> bool:
+    """Dead: ended, or a zombie not yet reaped by its new parent."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

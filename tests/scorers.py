@@ -25,3 +25,13 @@ def nan_on_grape(prompt, response: str) -> float:
 
 def always_nan(prompt, response: str) -> float:
     return float("nan")
+
+
+def asks_to_stop_on_plum(prompt, response: str) -> float:
+    """As a scheduler's warning would: asks the stage to stop (wrpo.stop_request) once it scores a plum."""
+    import os
+    from pathlib import Path
+
+    if _word(prompt) == "plum":
+        Path(os.environ["WRPO_STOP_FILE"]).touch()
+    return reversal_similarity(prompt, response)

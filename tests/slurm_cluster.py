@@ -29,7 +29,7 @@ packages (22.05 on bookworm). Pitfalls met while building it:
   it runs with --force, which turns that check into a warning; clients are root too, so they still connect.
 - Without slurmdbd there is no `sacct`: a job's final state comes from `scontrol show job -o ID`
   (JobState=COMPLETED|FAILED|CANCELLED|..., ExitCode=CODE:SIGNAL), and only for MinJobAge seconds
-  after it ends; MinJobAge=3600 here.
+  after it ends; MinJobAge=3600 here unless start() is told otherwise.
 - The scheduler's defaults delay each start by seconds; SchedulerParameters=batch_sched_delay=0,
   sched_min_interval=0 lets a chain of dependent jobs run back to back.
 - A job asking for more than the node has (--ntasks 3 on 2 CPUs, --nodes 2) is accepted by default and
@@ -221,7 +221,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
-MinJobAge=3600
+MinJobAge={min_job_age}
 EnforcePartLimits=ALL
 ReturnToService=2
 InactiveLimit=0
@@ -247,10 +247,11 @@ def _popen(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
                                 start_new_session=True, preexec_fn=_die_with_parent)
 
 
-def start(directory: Path | str, timeout: float = 60) -> SlurmCluster:
+def start(directory: Path | str, timeout: float = 60, min_job_age: int = 3600) -> SlurmCluster:
     """Write the configuration and a munge key under `directory`, start munged, slurmctld and slurmd, and
-    return once sinfo says the node is idle. Raises SlurmUnavailable if a program is missing or not root,
-    RuntimeError (with the daemons' logs) if the node does not come up within `timeout` s."""
+    return once sinfo says the node is idle; slurmctld forgets a job `min_job_age` s after it ends. Raises
+    SlurmUnavailable if a program is missing or not root, RuntimeError (with the daemons' logs) if the node
+    does not come up within `timeout` s."""
     if os.geteuid() != 0:
         raise SlurmUnavailable("a Slurm cluster on loopback needs root (slurmd starts jobs as their user)")
     programs = {p: which(p) for p in ("munged", "slurmctld", "slurmd", "sinfo")}
@@ -271,7 +272,7 @@ def start(directory: Path | str, timeout: float = 60) -> SlurmCluster:
     cpus, memory = node_cpus(), node_memory_mb()
     conf = d / "slurm.conf"
     conf.write_text(SLURM_CONF.format(d=d, node=NODE, partition=PARTITION, cpus=cpus, memory=memory,
-                                      ctld_port=free_port(), slurmd_port=free_port()))
+                                      ctld_port=free_port(), slurmd_port=free_port(), min_job_age=min_job_age))
     (d / "cgroup.conf").write_text(CGROUP_CONF)
     (d / "plugstack.conf").write_text("")
     cluster = SlurmCluster(directory=d, conf=conf, env={"SLURM_CONF": str(conf)}, node=NODE, partition=PARTITION,
@@ -305,16 +306,22 @@ def _wait(ready, cluster: SlurmCluster, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """A one-node Slurm cluster on loopback for the whole session; skips where it cannot run."""
+def started_or_skipped(directory: Path, **options) -> SlurmCluster:
+    """A cluster started in `directory` (start()'s options), installed first if need be; the test skips where
+    Slurm cannot run, or fails under WRPO_SLURM_REQUIRED."""
     try:
         install()
-        cluster = start(tmp_path_factory.mktemp("slurm"))
+        return start(directory, **options)
     except SlurmUnavailable as unavailable:
         if os.environ.get("WRPO_SLURM_REQUIRED"):
             pytest.fail(f"WRPO_SLURM_REQUIRED is set but {unavailable}", pytrace=False)
         pytest.skip(str(unavailable))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm cluster on loopback for the whole session; skips where it cannot run."""
+    cluster = started_or_skipped(tmp_path_factory.mktemp("slurm"))
     try:
         yield cluster
     finally:

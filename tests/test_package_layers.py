@@ -20,7 +20,7 @@ LAYERS = [
     {"training", "generation", "reward"},
     {"data"},
     {"losses", "modeling", "locks", "flags", "yaml_files", "files"},
-    {"progress", "errors"},
+    {"progress", "errors", "stop_request"},
 ]
 
 

@@ -1,13 +1,25 @@
 """Recipes and `wrpo run`: every stage end to end on tiny local models, skipping what is done,
 redoing what changed; the shipped paper recipe; a bad recipe named by line."""
 
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import WORDS, prompts_file, read
+from conftest import WORDS, prompts_file, read, scorers_env
 from wrpo.cli import app
 from wrpo.data.records import iter_quadruples
+from wrpo.demo.tiny import build_bpe_tokenizer, save_tiny_model
 
 
 def recipe_file(tmp_path, zoo, **wrpo):
@@ -62,6 +74,70 @@ def test_an_edited_python_scorer_redoes_the_scoring_stages(zoo, tmp_path, monkey
     last = CliRunner().invoke(app, ["run", str(recipe)]).output.strip().splitlines()[-1]
     # Scores are the same, so the stages after them find their inputs unchanged.
     assert last.count("redone") == 3 and "score/target-sft: redone" in last and "wrpo: skipped" in last
+
+
+def run_killed(recipe, stopped):
+    """`wrpo run RECIPE` in a process of its own, killed (SIGKILL) once stopped() is true."""
+    process = subprocess.Popen([sys.executable, "-m", "wrpo.cli", "run", str(recipe)], env=scorers_env(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and not stopped():
+            time.sleep(0.01)
+        assert process.poll() is None, f"wrpo run ended before it could be killed: {process.stderr.read()[-3000:]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already: it failed
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def logged_steps(model) -> int:
+    metrics = model / "metrics.jsonl"
+    return metrics.read_text().count("\n") if metrics.exists() else 0
+
+
+@pytest.mark.slow
+def test_training_stages_killed_past_a_checkpoint_resume_to_the_models_and_losses_of_a_straight_run(zoo, tmp_path):
+    """A GPT-NeoX target: transformers 5 saves its output head as embed_out and names it lm_head in memory. Each
+    training stage is killed once its first checkpoint is complete (a step logged after it), and the SFT stage's
+    next checkpoint is left as a kill in the middle of its save leaves it: its weights written, not its state."""
+    corpus = [f"reverse {w} {w[::-1]}" for w in WORDS * 5]
+    target = save_tiny_model(tmp_path / "neox-bpe", build_bpe_tokenizer(corpus, 280), "gpt_neox", seed=3)
+    runs = {}
+    for name in ("straight", "killed"):
+        (tmp_path / name).mkdir()
+        recipe = recipe_file(tmp_path / name, zoo, max_steps=12, save_steps=3)
+        settings = yaml.safe_load(recipe.read_text())
+        settings["target"] = {"name": "neox-bpe", "model": str(target)}
+        settings["sft"].update(max_steps=24, save_steps=4)
+        recipe.write_text(yaml.safe_dump(settings))
+        runs[name] = (recipe, tmp_path / name / "work" / "models")
+    assert CliRunner().invoke(app, ["run", str(runs["straight"][0])]).exit_code == 0
+
+    recipe, models = runs["killed"]
+    sft, wrpo = models / "target-sft", models / "target-sft-wrpo"
+    run_killed(recipe, lambda: logged_steps(sft) > 4)
+    assert (sft / "checkpoint-4" / "trainer_state.json").exists() and not (sft / "wrpo-finished.json").exists()
+    cut_short = sft / f"checkpoint-{max(int(p.name.split('-')[1]) for p in sft.glob('checkpoint-*')) + 4}"
+    cut_short.mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(sft / "checkpoint-4" / name, cut_short / name)
+    run_killed(recipe, lambda: logged_steps(wrpo) > 3)
+    assert (wrpo / "checkpoint-3" / "trainer_state.json").exists() and not (wrpo / "wrpo-finished.json").exists()
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "sft: skipped" in result.output and "wrpo: resumed" in result.output
+
+    straight = runs["straight"][1]
+    for stage in ("target-sft", "target-sft-wrpo"):
+        expected, resumed = (load_file(folder / stage / "model.safetensors") for folder in (straight, models))
+        assert expected.keys() == resumed.keys()
+        for name, weight in expected.items():
+            torch.testing.assert_close(resumed[name], weight, atol=1e-6, rtol=1e-5, msg=f"{stage}: {name}")
+        expected, resumed = ([json.loads(line) for line in (folder / stage / "metrics.jsonl").read_text().splitlines()]
+                             for folder in (straight, models))
+        assert [m["step"] for m in resumed] == [m["step"] for m in expected]
+        assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in expected], abs=1e-6)
 
 
 def test_top_k_sources_reaches_training(zoo, tmp_path):  # a mismatch: test_settings.py

@@ -16,6 +16,7 @@ from wrpo.errors import InputError
 from wrpo.generation.sample import sample
 from wrpo.generation.settings import SamplingSettings
 from wrpo.reward.score import score
+from wrpo.stop_request import STOP_FILE_VARIABLE, StopRequested
 
 
 def test_sample_writes_n_responses_per_prompt_with_the_settings(zoo, tmp_path):
@@ -182,3 +183,26 @@ def test_sharded_sampling_and_scoring_merge_into_the_whole(zoo, tmp_path):
     assert sum(len(read(path)) for path in scored) == len(WORDS)
     twice = CliRunner().invoke(app, ["merge", str(shards[0]), str(shards[0]), "--output", str(tmp_path / "x.jsonl")])
     assert twice.exit_code == 2 and "is also at" in twice.stderr
+
+
+def test_sampling_and_scoring_asked_to_stop_end_after_a_batch_and_resume_to_the_uninterrupted_rows(zoo, tmp_path,
+                                                                                                 monkeypatch):
+    prompts = prompts_file(tmp_path / "p.jsonl")
+    settings = TINY.model_copy(update={"batch_size": 2})
+    whole = sample(str(zoo["llama-char"]), prompts, tmp_path / "whole.jsonl", settings)
+    scored_whole = read(score([whole], "scorers:reversal_similarity", tmp_path / "scored-whole.jsonl", batch_size=2))
+
+    stop = tmp_path / "stop"
+    monkeypatch.setenv(STOP_FILE_VARIABLE, str(stop))
+    stop.touch()  # asked before it started: it stops before its first batch
+    with pytest.raises(StopRequested):
+        sample(str(zoo["llama-char"]), prompts, tmp_path / "s.jsonl", settings)
+    stop.unlink()
+    assert read(sample(str(zoo["llama-char"]), prompts, tmp_path / "s.jsonl", settings)) == read(whole)
+
+    with pytest.raises(StopRequested):  # the scorer asks once it scores a plum (WORDS[7]), mid-way
+        score([whole], "scorers:asks_to_stop_on_plum", tmp_path / "scored.jsonl", batch_size=2)
+    kept = read(tmp_path / "scored.jsonl.partial")
+    assert 0 < len(kept) < len(WORDS) and all(row in scored_whole for row in kept)
+    stop.unlink()
+    assert read(score([whole], "scorers:reversal_similarity", tmp_path / "scored.jsonl", batch_size=2)) == scored_whole

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from wrpo.data import QuadrupleEncoder, load_quadruple_dataset
 from wrpo.modeling import load_causal_lm, load_tokenizer
+from wrpo.stop_request import STOP_FILE_VARIABLE, StopRequested
 from wrpo.training import WRPOConfig, WRPOTrainer, train
 
 
@@ -63,15 +64,50 @@ class CrashAt(TrainerCallback):
 
 def test_a_crashed_run_resumes_to_the_same_model_metrics_and_alpha_as_an_uninterrupted_one(tiny_model, native_data,
                                                                                            tmp_path):
-    train(str(tiny_model), native_data, config(tmp_path / "straight"))
+    # 12 quadruples, 4 a step: 3 steps an epoch; the checkpoint at step 4 is one step into the second epoch,
+    # whose order (grouped by length) the resumed run must draw again.
+    settings = {"max_steps": 7, "save_steps": 4}
+    train(str(tiny_model), native_data, config(tmp_path / "straight", **settings))
     with pytest.raises(KeyboardInterrupt):
-        train(str(tiny_model), native_data, config(tmp_path / "resumed"), callbacks=[CrashAt(3)])
-    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [1, 2, 3]
-    train(str(tiny_model), native_data, config(tmp_path / "resumed"))
+        train(str(tiny_model), native_data, config(tmp_path / "resumed", **settings), callbacks=[CrashAt(5)])
+    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4, 5]
+    train(str(tiny_model), native_data, config(tmp_path / "resumed", **settings))
 
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
-    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6, 7]
     assert [m["alpha"] for m in resumed] == [m["alpha"] for m in straight]
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed")
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+class AskToStopAt(TrainerCallback):
+    """Asks the run to stop (wrpo.stop_request) as a scheduler's warning would, during step `step`."""
+
+    def __init__(self, step, path):
+        self.step, self.path = step, path
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.path.touch()
+
+
+def test_a_run_asked_to_stop_saves_at_that_step_and_resumes_to_the_uninterrupted_run(tiny_model, native_data,
+                                                                                     tmp_path, monkeypatch):
+    settings = {"max_steps": 7, "save_steps": 100}  # no checkpoint but the one the stop makes
+    train(str(tiny_model), native_data, config(tmp_path / "straight", **settings))
+    stop = tmp_path / "stop"
+    monkeypatch.setenv(STOP_FILE_VARIABLE, str(stop))
+    with pytest.raises(StopRequested, match="at step 5 of 7"):
+        train(str(tiny_model), native_data, config(tmp_path / "resumed", **settings), callbacks=[AskToStopAt(5, stop)])
+    assert [path.name for path in (tmp_path / "resumed").glob("checkpoint-*")] == ["checkpoint-5"]
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # stopped, not finished
+    stop.unlink()
+    train(str(tiny_model), native_data, config(tmp_path / "resumed", **settings))
+
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-5)
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed")

@@ -1,7 +1,7 @@
 """`wrpo sample --backend vllm` on vLLM's CPU build (make test-engines), in a subprocess as a user runs
 it: n responses per prompt, prompts fed as the very tokens the hf backend feeds, and a run killed
-mid-way and rerun; and `wrpo eval --backend vllm`. Each test starts vLLM's engine (about a minute on 2
-cores): there are few of them."""
+mid-way by SIGKILL (its engine's processes end with it) and rerun; and `wrpo eval --backend vllm`. Each
+test starts vLLM's engine (about a minute on 2 cores): there are few of them."""
 
 import contextlib
 import importlib.util
@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import WORDS, read, scorers_env, write_jsonl
+from conftest import WORDS, gone, read, scorers_env, write_jsonl
 from wrpo.cli import app
 from wrpo.data.tokenize import encode_prompt
 from wrpo.generation.sample import sample
@@ -69,21 +70,27 @@ def test_a_run_killed_mid_way_resumes_with_every_prompt_once_and_the_hf_backends
     output, partial = tmp_path / "s.jsonl", tmp_path / "s.jsonl.partial"
     command = sample_command(engine_model, prompts, output, "-n", 2, "--temperature", 0, "--max-new-tokens", 8,
                              "--batch-size", 1)
-    sampler = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and sampler.poll() is None and (
-                not partial.exists() or partial.read_text().count("\n") < 3):
-            time.sleep(0.05)
-        os.kill(sampler.pid, signal.SIGKILL)  # the wrpo process only, as the kernel's OOM killer would
-        sampler.wait()
-        written = partial.read_text().count("\n")
-        assert 3 <= written < count, f"{written} rows when killed: {sampler.stderr.read()[-3000:]}"
-    finally:
-        # vLLM's engine processes outlive a killed parent, holding their memory: stopped as a user must.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sampler.pid, signal.SIGKILL)
+    sampler = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and sampler.poll() is None and (
+            not partial.exists() or partial.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    # vLLM's engine (its EngineCore and worker), and the watchdog that ends them.
+    started = {process: process.name() for process in psutil.Process(sampler.pid).children(recursive=True)}
+    os.kill(sampler.pid, signal.SIGKILL)  # the wrpo process only, as kill -9 or the kernel's OOM killer would
+    sampler.wait()
+    written = partial.read_text().count("\n")
+    assert 3 <= written < count, f"{written} rows when killed: {sampler.stderr.read()[-3000:]}"
+    assert any("EngineCore" in name for name in started.values()), started
+    # The watchdog's next look (within 1 s), then the engine's shutdown on SIGTERM (6-10 s, SIGKILL at 10 s).
+    deadline = time.time() + 15
+    while time.time() < deadline and not all(map(gone, started)):
+        time.sleep(0.1)
+    left = [name for process, name in started.items() if not gone(process)]
+    for process in started:  # not to leave them to the next tests
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert left == [], sampler.stderr.read()[-3000:]
     resumed = subprocess.run(command, env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = read(output)

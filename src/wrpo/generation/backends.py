@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from wrpo.data.records import Prompt
 from wrpo.data.tokenize import as_messages, encode_prompt
 from wrpo.errors import InputError
+from wrpo.generation.engine_reaper import start_watchdog, stop_watchdog
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.modeling import load_causal_lm, load_tokenizer
 
@@ -79,7 +81,8 @@ class HFGenerator:
 
 class VLLMGenerator:
     """vLLM's offline engine in this process (its workers are processes of their own, so a script that
-    builds one needs an `if __name__ == "__main__":` guard; the wrpo command has one)."""
+    builds one needs an `if __name__ == "__main__":` guard; the wrpo command has one). Those processes end
+    when this one dies, even by SIGKILL (engine_reaper)."""
 
     def __init__(self, model_dir: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  engine_kwargs: dict | None = None):
@@ -97,7 +100,15 @@ class VLLMGenerator:
         # The prompt ids are ours (encode_prompt), so our tokenizer must be the one vLLM would load.
         self.tokenizer = load_tokenizer(engine_kwargs.get("tokenizer", model_dir),
                                         trust_remote_code=bool(engine_kwargs.get("trust_remote_code", False)))
-        self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel_size, **engine_kwargs)
+        watchdog = start_watchdog()
+        try:
+            self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel_size, **engine_kwargs)
+        except BaseException:
+            stop_watchdog(watchdog)
+            raise
+        # The watchdog lives as long as the engine: vLLM shuts its processes down when the LLM is collected
+        # (several sampling stages in one `wrpo run` each build and drop one).
+        weakref.finalize(self.llm, stop_watchdog, watchdog)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)[0]

@@ -12,6 +12,7 @@ from wrpo.generation.backends import make_generator
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.locks import output_lock
 from wrpo.progress import say, stage_progress
+from wrpo.stop_request import stop_if_requested
 
 
 def sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings = SamplingSettings(), *,
@@ -66,6 +67,7 @@ def _sample(model: str, prompts: str | Path, output: str | Path, settings: Sampl
                 missing = [row for row in batch if row.prompt_id not in done]
                 if not missing:
                     continue
+                stop_if_requested()
                 responses = generator.generate([ids[row.prompt_id] for row in batch],
                                                [row.prompt_id for row in batch], settings)
                 writer.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "model": model_name,

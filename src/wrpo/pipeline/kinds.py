@@ -130,13 +130,13 @@ def _wrpo_config():
 def _sft(spec: TrainingSpec) -> str:
     from wrpo.training.sft import sft
 
-    return _trained(sft(spec.model, spec.data, _config(spec, _sft_config())), "saved the fine-tuned model to")
+    return _trained(lambda: sft(spec.model, spec.data, _config(spec, _sft_config())), "saved the fine-tuned model to")
 
 
 def _wrpo(spec: TrainingSpec) -> str:
     from wrpo.training.run import train
 
-    return _trained(train(spec.model, spec.data, _config(spec, _wrpo_config())), "saved the trained model to")
+    return _trained(lambda: train(spec.model, spec.data, _config(spec, _wrpo_config())), "saved the trained model to")
 
 
 def _config(spec: TrainingSpec, config_class):
@@ -145,10 +145,14 @@ def _config(spec: TrainingSpec, config_class):
     return build_config(config_class, {**spec.settings, "output_dir": str(spec.output)})
 
 
-def _trained(result, done: str) -> str:
+def _trained(fit: Callable, done: str) -> str:
+    """fit()'s result in words, the process group left however it ends (a stop on request too)."""
     from wrpo.training.run import end_distributed
 
-    end_distributed()
+    try:
+        result = fit()
+    finally:
+        end_distributed()
     if result.already_finished:
         return f"already finished: {result.output_dir} holds this run (same model, data and settings), left as it is"
     return f"{done} {result.output_dir}"

@@ -90,6 +90,11 @@ class Workdir:
         """Job scripts and the record of what was submitted."""
         return self.root / ".wrpo" / "slurm"
 
+    @property
+    def job_records(self) -> Path:
+        """What each Slurm job recorded of its runs (wrpo.pipeline.slurm_job), and its stop requests."""
+        return self.slurm / "jobs"
+
 
 def file_name(stage: str) -> str:
     return stage.replace("/", "--")

@@ -31,6 +31,7 @@ class Placement(BaseModel):
     accelerate_config: Path | None = None
     generated_config: dict | None = None  # the accelerate config to write at accelerate_config first
     slurm: SlurmOptions = {}
+    warning_seconds: int = 0            # Slurm warns the job this long before its time limit (0: never)
     description: str = "1 process"     # how it runs, in words
 
 
@@ -67,7 +68,7 @@ def place(stage_kind, spec, name: str, resources, generated_config_path: Path) -
     (wrpo.pipeline.recipe.Resources); `generated_config_path`: where an accelerate config written for it goes."""
     own = resources.of(stage_kind.resources, name)
     common = {"devices_per_node": resources.devices_per_node, "device_type": resources.device_type,
-              "slurm": own.slurm}
+              "slurm": own.slurm, "warning_seconds": own.warning_seconds}
     if stage_kind.placement == "launch":
         return _launched(spec, stage_kind, own, resources, generated_config_path, common)
     if stage_kind.placement == "one":

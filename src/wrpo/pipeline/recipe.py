@@ -56,6 +56,7 @@ class StageResources(Strict):
         "sample, score: processes, each on its own devices [devices / tensor parallel size]."))
     accelerate_config: Path | None = Field(default=None, description="sft, wrpo: accelerate config file.")
     slurm: SlurmOptions = Field(default_factory=dict, description="sbatch options of this stage's jobs.")
+    warning_seconds: int | None = Field(default=None, ge=0, le=65535, description="See resources.warning_seconds.")
 
 
 class Resources(Strict):
@@ -70,12 +71,17 @@ class Resources(Strict):
         "sft, wrpo: accelerate config (DDP, DeepSpeed, FSDP); relative to the recipe."))
     slurm: SlurmOptions = Field(default_factory=dict, description=(
         "sbatch options of every job: partition, account, time, qos, ..."))
+    warning_seconds: int = Field(default=300, ge=0, le=65535, description=(
+        "Slurm: seconds before a job's time limit at which Slurm warns it (sbatch --signal; Slurm may warn up to "
+        "60 s earlier): training saves a checkpoint at the end of its step, sampling and scoring stop after "
+        "their batch, and the job requeues itself to resume. Leave time for a step and a checkpoint; 0: none."))
     stages: dict[str, StageResources] = Field(default_factory=dict, description=(
         "Overrides per stage kind (sample, score, build, sft, wrpo) or stage name (sample/sources/NAME)."))
 
     def of(self, kind: str, stage: str) -> StageResources:
         """The stage's resources: its own entry over its kind's over the defaults."""
-        merged = StageResources(nodes=self.nodes, accelerate_config=self.accelerate_config, slurm=self.slurm)
+        merged = StageResources(nodes=self.nodes, accelerate_config=self.accelerate_config, slurm=self.slurm,
+                                warning_seconds=self.warning_seconds)
         for key in (kind, stage):
             given = self.stages.get(key)
             if given is not None:

@@ -83,8 +83,8 @@ def recipe_status(recipe_path: str | Path, executors: Sequence[Executor] | None 
         state = known.get(name)
         if state is not None and state.state in ("running", "queued"):  # a finished stage's job may still be ending
             states.append(state)
-        elif finished:
-            states.append(StageState(name, "done"))
+        elif finished:  # with what the executor knows of how it ran
+            states.append(StageState(name, "done", state.detail if state is not None and state.state == "done" else ""))
         elif "failed" in manifest:
             failed = manifest["failed"]
             cause = f"exit status {failed['exit_status']}" if "exit_status" in failed else failed.get("error", "")

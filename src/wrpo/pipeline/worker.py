@@ -25,6 +25,7 @@ from wrpo.files import write_text_atomically
 from wrpo.pipeline.kinds import KINDS, Stage
 from wrpo.pipeline.state import mark_finished, mark_started
 from wrpo.progress import configure_console, console, is_main_process, is_verbose
+from wrpo.stop_request import STOPPED_EXIT_STATUS, StopRequested
 
 
 def write_stage_files(stage: Stage) -> Path:
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StopRequested as stopped:
+        if is_main_process():
+            print(f"{stage.name}: {stopped}; it resumes when run again", flush=True)
+        return STOPPED_EXIT_STATUS
     return 0
 
 

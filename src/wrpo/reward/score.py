@@ -13,6 +13,7 @@ from wrpo.errors import InputError
 from wrpo.locks import output_lock
 from wrpo.progress import say, stage_progress
 from wrpo.reward.scorers import load_scorer
+from wrpo.stop_request import stop_if_requested
 
 
 def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, batch_size: int = 16,
@@ -54,6 +55,7 @@ def _score(responses: Sequence[str | Path], scorer: str, output: str | Path, bat
             task = progress.add_task("", total=len(todo))
 
             def flush(batch: list[tuple[Path, int, dict]]) -> None:
+                stop_if_requested()
                 scored = _score_batch(batch, score_rows)
                 if scored is None:  # one row at a time, so every row before a bad one is kept
                     for path, line, row in batch:

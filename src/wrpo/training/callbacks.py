@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
 from wrpo.progress import StageProgress, console, log
+from wrpo.stop_request import stop_requested
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -40,6 +42,25 @@ class MetricsFileCallback(TrainerCallback):
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class StopOnRequest(TrainerCallback):
+    """Ends training at the end of the optimizer step where a stop is asked for (wrpo.stop_request), saving a
+    checkpoint there. Every process looks, and they agree through one all-reduce per step: they may see the
+    request at different steps, and a save is collective (ZeRO, FSDP), so they must all stop at the same one.
+    Added only where a request can come (a Slurm job), so other runs pay nothing."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        asked = torch.tensor([float(stop_requested())], device=args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(asked, op=torch.distributed.ReduceOp.MAX)
+        if asked.item() and state.global_step < state.max_steps:  # at the last step it is done anyway
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
 
 
 def _step(line: str) -> float:

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from rich.markup import escape
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from wrpo.data.dataset import load_quadruple_dataset
 from wrpo.data.records import InMemoryRows, row_sources
@@ -24,7 +23,9 @@ from wrpo.locks import output_lock
 from wrpo.losses import REFERENCE_FREE
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import is_main_process, is_verbose, say
-from wrpo.training.callbacks import TrainingDisplay
+from wrpo.stop_request import STOP_FILE_VARIABLE, StopRequested
+from wrpo.training.callbacks import StopOnRequest, TrainingDisplay
+from wrpo.training.checkpoints import last_complete_checkpoint
 from wrpo.training.config import WRPOConfig
 from wrpo.training.policy import load_policy, peft_reads_old_names
 from wrpo.training.speedups import speedups_said
@@ -132,17 +133,23 @@ def merge_saved_adapters(base_model: str, output_dir: Path) -> None:
 
 
 def fit_and_save(trainer, output_dir: Path, resume: bool) -> None:
-    """Trains (from the output folder's last checkpoint when `resume`) and saves model and tokenizer.
+    """Trains (from the output folder's last complete checkpoint when `resume`) and saves model and tokenizer.
     The console shows wrpo's training display, or with --verbose transformers' own bar and log lines."""
     if not is_verbose():
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(TrainingDisplay(output_dir.name))
     say(escape(speedups_said(trainer.args)))  # plain text: [gpu] is no markup
-    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    checkpoint = last_complete_checkpoint(output_dir) if resume and output_dir.is_dir() else None
     if checkpoint:
         say(f"resuming from {checkpoint}")
+    stop = StopOnRequest() if STOP_FILE_VARIABLE in os.environ else None
+    if stop is not None:
+        trainer.add_callback(stop)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if stop is not None and stop.stopped_at is not None:
+        raise StopRequested(f"stopped on request at step {stop.stopped_at} of {trainer.state.max_steps}, "
+                            "with a checkpoint saved there to resume from")
     trainer.save_model(str(output_dir))
 
 

@@ -16,6 +16,7 @@ from wrpo.errors import InputError
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import warn
 from wrpo.training.callbacks import MetricsFileCallback
+from wrpo.training.checkpoints import LoadsCheckpointWeightsWithFromPretrained
 from wrpo.training.config import PaperTrainingDefaults
 from wrpo.training.run import TrainingResult, fit_and_save, run_fingerprint, run_once
 
@@ -31,6 +32,10 @@ class WRPOSFTConfig(PaperTrainingDefaults, SFTConfig):
     gradient_checkpointing: bool | None = None  # None (not TRL's True): transformers then resolves both to False
     activation_checkpointing: bool | None = None
     completion_only_loss: bool | None = True
+
+
+class ResumingSFTTrainer(LoadsCheckpointWeightsWithFromPretrained, SFTTrainer):
+    """TRL's SFTTrainer, resuming with a checkpoint's weights as saved (wrpo.training.checkpoints)."""
 
 
 def load_sft_dataset(paths: str | Path | Sequence[str | Path], tokenizer) -> datasets.Dataset:
@@ -71,9 +76,9 @@ def sft(model: str, data: str | Path | Sequence[str | Path], config: WRPOSFTConf
     def fit() -> None:
         tokenizer = load_tokenizer(model)
         dataset = load_sft_dataset(data, tokenizer)
-        trainer = SFTTrainer(model=load_causal_lm(model, dtype=config.weights_dtype), args=config,
-                             train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[MetricsFileCallback(output_dir), *callbacks])
+        trainer = ResumingSFTTrainer(model=load_causal_lm(model, dtype=config.weights_dtype), args=config,
+                                     train_dataset=dataset, processing_class=tokenizer,
+                                     callbacks=[MetricsFileCallback(output_dir), *callbacks])
         fit_and_save(trainer, output_dir, resume)
 
     return run_once(output_dir, run_fingerprint(config, model, data), resume, fit)

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 
 import accelerate.utils.other
 import torch
@@ -31,6 +32,7 @@ from wrpo.losses import LOSSES, REFERENCE_FREE, LossOutput, LossSettings, Prefer
 from wrpo.modeling import load_causal_lm, load_tokenizer
 from wrpo.progress import console, is_main_process
 from wrpo.training.callbacks import MetricsFileCallback
+from wrpo.training.checkpoints import LoadsCheckpointWeightsWithFromPretrained
 from wrpo.training.config import WRPOConfig
 from wrpo.training.logps import batch_logps, head_reproduces_logits, packing_reproduces_logps, split_responses
 from wrpo.training.packing import attention_by_units
@@ -82,7 +84,24 @@ def encoded_quadruples(data, name: str, tokenizer, args: WRPOConfig) -> Quadrupl
     return encoded
 
 
-class WRPOTrainer(Trainer):
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' LengthGroupedSampler with each epoch's order drawn from its own generator, seeded with the
+    run's seed plus the epoch. By default it draws from the global generator, and a run resumed in the middle of an
+    epoch then drew another order than the interrupted run had: Trainer puts the checkpoint's random state back
+    only after the order is drawn. The epoch comes from a function (the trainer's state) rather than set_epoch,
+    which accelerate does not pass down to a sampler under DDP once Trainer skips the batches done. Its own
+    generator also keeps evaluation from moving the training run's random state."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, epoch: Callable[[], int]):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch())
+        return super().__iter__()
+
+
+class WRPOTrainer(LoadsCheckpointWeightsWithFromPretrained, Trainer):
     """WRPO on a transformers Trainer, called as TRL's DPOTrainer:
 
         WRPOTrainer(model=model_or_path, args=WRPOConfig(...), train_dataset=dataset, processing_class=tokenizer)
@@ -199,24 +218,23 @@ class WRPOTrainer(Trainer):
         elif self.eval_dataset is not None:
             self.eval_dataset = attach(self.eval_dataset)
 
-    def _length_grouped_sampler(self, dataset, batch_size: int, generator=None):
+    def _length_grouped_sampler(self, dataset, batch_size: int, epoch: Callable[[], int] = lambda: 0):
         # Trainer can only read lengths from a `datasets` column; ours are prompt + longest response.
-        return LengthGroupedSampler(batch_size, lengths=[example.length for example in dataset.examples],
-                                    generator=generator)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededLengthGroupedSampler(batch_size, [example.length for example in dataset.examples], seed,
+                                               epoch)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length":
-            return self._length_grouped_sampler(
-                dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+            # The epoch whose order is drawn: a resumed run's state is the checkpoint's (epoch 2.4: epoch 2).
+            per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return self._length_grouped_sampler(dataset, per_step, lambda: int(self.state.epoch or 0))
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
         if self.args.train_sampling_strategy == "group_by_length":
-            # Its own generator: evaluating must not move the training run's random state.
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return self._length_grouped_sampler(eval_dataset, self.args.eval_batch_size,
-                                                torch.Generator().manual_seed(seed))
+            return self._length_grouped_sampler(eval_dataset, self.args.eval_batch_size)
         return super()._get_eval_sampler(eval_dataset)
 
     def current_alpha(self) -> float:
