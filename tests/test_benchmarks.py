@@ -51,3 +51,10 @@ def test_the_smoke_run_measures_every_runner_and_prints_the_table(tmp_path):
     for name, runners in RUNNERS.items():
         for runner in runners:
             assert f"| {name} | {runner} | " in saved["table"]
+
+
+@pytest.mark.parametrize("benchmark", ["train_throughput", "sample_throughput"])
+def test_the_readme_shows_the_table_the_benchmark_wrote(benchmark):
+    """Pasted from the benchmark's saved output (benchmarks/NAME.json, which the run writes), not retyped."""
+    table = json.loads((ROOT / "benchmarks" / f"{benchmark}.json").read_text())["table"]
+    assert table.strip() in (ROOT / "README.md").read_text()

@@ -60,9 +60,31 @@ def test_eval_reports_win_rates_per_category_and_writes_plots(models, tmp_path):
     assert set(comparison["per_category"]) == {"short", "long"}
     assert set(report["models"]["char"]["per_category"]) == {"short", "long"}  # mean reward per category
     assert report["models"]["char"]["mean_length"] >= 0
-    for picture in ("win_rates.png", "rewards.png"):
+    for picture in ("win_rates.png", "rewards.png", "per_category.png"):
         assert (tmp_path / "out" / picture).read_bytes()[:4] == b"\x89PNG"
-    assert "| char |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| char |" in (report_md := (tmp_path / "out" / "report.md").read_text())
+    assert "(per_category.png)" in report_md and "### char by category" in report_md
+
+
+@pytest.mark.parametrize("count", [5, 12])  # tab10's colours, then tab20's
+def test_no_model_is_drawn_in_the_flag_colour_and_flagged_bars_are(count):
+    from matplotlib.colors import to_rgb
+
+    from wrpo.evaluation.plots import FLAG_COLOUR, per_category_figure
+
+    reds = [to_rgb(FLAG_COLOUR), (0.839, 0.153, 0.157), (1.0, 0.596, 0.588)]  # and matplotlib's tab reds
+
+    def reddish(colour) -> bool:
+        return any(sum((a - b) ** 2 for a, b in zip(to_rgb(colour), red, strict=True)) < 0.02 for red in reds)
+
+    per_category = {f"model{i}": {"reverse": 0.5, "sort": 0.4} for i in range(count)}
+    figure = per_category_figure(per_category, "title", flagged={"model3": {"sort"}})
+    bars = figure.axes[0].patches
+    assert len(bars) == 2 * count and not any(reddish(bar.get_facecolor()) for bar in bars)
+    faces = {to_rgb(bar.get_facecolor()) for bar in bars}
+    assert len(faces) == count  # each model its own colour
+    flagged = [bar for bar in bars if bar.get_hatch()]
+    assert len(flagged) == 1 and reddish(flagged[0].get_edgecolor())
 
 
 def test_a_judge_that_fails_on_a_row_names_it_and_the_others_are_kept(models, tmp_path):
@@ -110,6 +132,35 @@ def test_exports_follow_the_public_judges_formats(models, tmp_path):
             assert isinstance(rows[0]["choices"][0]["turns"][0]["token_len"], int)
         else:
             assert all(len(row["choices"][0]["turns"]) == 2 for row in rows)  # both turns answered
+
+
+def test_every_mt_bench_turn_is_written_as_the_first_is(zoo, models, tmp_path):
+    """A GPT-2 that answers with spaces only (its last layer norm gives one direction, in which only the space token
+    scores): the first turn's answer comes through `wrpo sample`, which strips it; the later turns must be too."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = (auto.from_pretrained(zoo["gpt2-bpe"]) for auto in (AutoModelForCausalLM, AutoTokenizer))
+    (space,) = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight[:, 0] = 0.0  # tied to the input embeddings: only their first dimension changes
+        model.lm_head.weight[space, 0] = 1.0
+    spaces = tmp_path / "spaces"
+    model.save_pretrained(spaces)
+    tokenizer.save_pretrained(spaces)
+    questions = write_jsonl(tmp_path / "question.jsonl", [
+        {"question_id": 81 + i, "turns": [f"reverse {w}", f"now reverse {w[::-1]}"]} for i, w in enumerate(WORDS[:3])])
+    result = CliRunner().invoke(app, ["eval", "--models", str(spaces), "--baseline", str(models["char"]),
+                                      "--prompts", str(questions), "--judge", "scorers:reversal_similarity",
+                                      "--output", str(tmp_path / "out"), "--max-new-tokens", "4",
+                                      "--export", "mt_bench"])
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line)["choices"][0]["turns"]
+               for line in (tmp_path / "out" / "exports" / "mt_bench" / "spaces.jsonl").read_text().splitlines()]
+    assert answers == [["", ""]] * 3
 
 
 def test_unknown_export_format_is_a_one_line_error(models, tmp_path):

@@ -95,6 +95,13 @@ def test_a_comparison_from_hand_computed_judgements():
     figures = comparison.as_dict()
     assert figures["unparseable"] == {MODEL_FIRST: 1, BASELINE_FIRST: 2} and figures["judged"] == 3
 
+    assert comparison.per_category == {}  # one category: the overall rate says it all
+    by_category = summarise(ModelResult("mine", {}, categories={"p1": "x", "p2": "x", "p3": "y", "p4": "y"},
+                                        answers=answers), baseline, judgements)
+    assert {c: (w.rate, w.wins, w.ties, w.losses) for c, w in by_category.per_category.items()} == {
+        "x": (0.75, 1, 1, 0), "y": (0.0, 0, 0, 1)}
+    assert by_category.as_dict()["per_category"]["x"]["ci95"] == [0.5, 1.0]
+
     nothing = summarise(model, baseline, {"p4": judgements["p4"]})
     assert nothing.overall is None and nothing.judged == 0 and math.isnan(nothing.first_position_share)
     assert nothing.as_dict()["win_rate"] is None

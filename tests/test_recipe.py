@@ -20,6 +20,7 @@ from conftest import WORDS, prompts_file, read, scorers_env
 from wrpo.cli import app
 from wrpo.data.records import iter_quadruples
 from wrpo.demo.tiny import build_bpe_tokenizer, save_tiny_model
+from wrpo.pipeline.run import recipe_status
 
 
 def recipe_file(tmp_path, zoo, **wrpo):
@@ -58,6 +59,11 @@ def test_a_recipe_runs_end_to_end_then_skips_what_is_done_and_redoes_what_change
     assert again.exit_code == 0 and again.output.strip().splitlines()[-1].count("skipped") == 10
 
     changed = recipe_file(tmp_path, zoo, beta=0.3)
+    planned = CliRunner().invoke(app, ["run", "--plan", str(changed)]).output
+    assert "wrpo: changed: would be redone (settings changed: beta)" in planned
+    states = {state.name: state for state in recipe_status(changed)}
+    assert states["wrpo"].state == "changed" and states["wrpo"].detail == "would be redone: settings changed: beta"
+    assert {state.state for name, state in states.items() if name != "wrpo"} == {"done"}
     last = CliRunner().invoke(app, ["run", str(changed)]).output.strip().splitlines()[-1]
     assert "wrpo: redone" in last and last.count("skipped") == 9
 
@@ -71,9 +77,25 @@ def test_an_edited_python_scorer_redoes_the_scoring_stages(zoo, tmp_path, monkey
     recipe.write_text(recipe.read_text().replace("scorers:reversal_similarity", "edited_scorer:score"))
     assert CliRunner().invoke(app, ["run", str(recipe)]).exit_code == 0
     module.write_text("# same scores, edited source\nfrom scorers import reversal_similarity as score\n")
+    states = {state.name: state for state in recipe_status(recipe)}
+    assert states["score/target-sft"].state == "changed", states
+    assert states["score/target-sft"].detail == "would be redone: edited_scorer:score changed"
     last = CliRunner().invoke(app, ["run", str(recipe)]).output.strip().splitlines()[-1]
     # Scores are the same, so the stages after them find their inputs unchanged.
     assert last.count("redone") == 3 and "score/target-sft: redone" in last and "wrpo: skipped" in last
+
+    # From a shell where the scorer cannot be imported: what is recorded complete stays done, and the scoring
+    # stages say they cannot be checked, and why.
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "edited_scorer")
+    states = {state.name: state for state in recipe_status(recipe)}
+    scoring = [name for name in states if name.startswith("score/")]
+    assert len(scoring) == 3 and {states[name].state for name in scoring} == {"unchecked"}
+    assert states["score/target-sft"].detail == ("recorded complete, not checked against its inputs: its scorer's "
+                                                 "module edited_scorer cannot be imported here")
+    assert {state.state for name, state in states.items() if name not in scoring} == {"done"}
+    planned = CliRunner().invoke(app, ["run", "--plan", str(recipe)]).output
+    assert "score/target-sft: cannot be checked here (recorded complete" in planned
 
 
 def run_killed(recipe, stopped):

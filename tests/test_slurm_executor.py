@@ -4,6 +4,7 @@ returns at once, `wrpo status` follows the jobs, and the result equals the local
 reported with its log, the jobs after it are cancelled, never left pending."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from wrpo.cli import app
 from wrpo.pipeline.run import recipe_status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+TESTS = Path(__file__).parent.resolve()
 
 
 def wait_for_jobs(recipe: Path, timeout: float = 900) -> dict[str, str]:
@@ -37,7 +39,8 @@ def scorers_in_jobs(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", scorers_env(os.environ)["PYTHONPATH"])
 
 
-def test_the_pipeline_runs_as_slurm_jobs_and_equals_the_local_run(zoo, tmp_path, slurm_env, scorers_in_jobs):
+def test_the_pipeline_runs_as_slurm_jobs_and_equals_the_local_run(zoo, tmp_path, slurm_env, scorers_in_jobs,
+                                                                  monkeypatch):
     (tmp_path / "local").mkdir()
     (tmp_path / "slurm").mkdir()
     local = recipe_file(tmp_path / "local", zoo, gradient_accumulation_steps=2)
@@ -69,6 +72,18 @@ def test_the_pipeline_runs_as_slurm_jobs_and_equals_the_local_run(zoo, tmp_path,
     assert (second / "logs" / "wrpo.log").exists()
     again = CliRunner().invoke(app, ["run", "--executor", "slurm", str(submitted)])
     assert again.exit_code == 0 and again.output.count("up to date, skipped") == 10
+    states = {state.name: state for state in recipe_status(submitted)}
+    assert states["sft"].state == "done" and states["sft"].detail.startswith("Slurm job ")
+
+    # From a shell where the recipe's scorer cannot be imported: the scoring stages cannot be checked (and say
+    # why), the others are done, none failed.
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if Path(entry or ".").resolve() != TESTS])
+    monkeypatch.delitem(sys.modules, "scorers")
+    states = {state.name: state for state in recipe_status(submitted)}
+    scoring = [name for name in states if name.startswith("score/")]
+    assert len(scoring) == 3 and {states[name].state for name in scoring} == {"unchecked"}, states
+    assert all("module scorers cannot be imported" in states[name].detail for name in scoring)
+    assert {state.state for name, state in states.items() if name not in scoring} == {"done"}, states
 
 
 def test_a_failed_job_is_reported_and_the_jobs_after_it_are_cancelled(zoo, tmp_path, slurm_env, monkeypatch):

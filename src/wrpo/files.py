@@ -24,6 +24,18 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return path
 
 
+def missing_module(location: str) -> str | None:
+    """The module of a Python scorer (`module:function`, not a path) that cannot be imported here, else None."""
+    if ":" not in location or Path(location).exists():
+        return None
+    module = location.split(":", 1)[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a package above it missing, or an empty name
+        found = None
+    return module if found is None else None
+
+
 def path_fingerprint(location: str) -> str:
     """Files by content, folders by file names, sizes and times, a Python scorer (module:function) by
     its module's source, anything else (a Hub id) by name: a new Hub revision is not noticed."""

@@ -47,7 +47,7 @@ def ablate(recipe_path: str | Path, seeds: list[int] | None = None, variants: li
         stages = plan_ablation(recipe, names, seeds, str(recipe_path))
         statuses = run_stages(stages, recipe.layout, executor, recipe_path)
     report = stages[-1]
-    finished = decision_now(report) == "skip"
+    finished = decision_now(report).action == "skip"
     return Ablation(statuses, judge_and_report(report.spec, write=False) if finished else None)
 
 

@@ -113,20 +113,24 @@ class Comparison:
                 "per_category": {c: w.as_dict() for c, w in self.per_category.items()}}
 
 
+def per_category_win_rates(results: dict[str, float], categories: dict[str, str]) -> dict[str, WinRate]:
+    """The win rate of each category's prompts (results: prompt_id -> 1, 0.5 or 0, or a preference between);
+    none where every prompt is of one category (it would repeat the overall rate)."""
+    by_category = defaultdict(list)
+    for prompt_id, result in results.items():
+        by_category[categories.get(prompt_id, "all")].append(result)
+    if len(by_category) < 2:
+        return {}
+    return {category: win_rate_of(values) for category, values in sorted(by_category.items())}
+
+
 def compare(model: ModelResult, baseline: ModelResult) -> Comparison:
     """Win rate (with interval), length-controlled win rate and per-category win rates."""
     results = outcomes(model.rewards, baseline.rewards)
     differences = [len(model.answers[p]) - len(baseline.answers[p]) for p in results]
-    by_category = defaultdict(list)
-    for prompt_id in results:
-        by_category[model.categories.get(prompt_id, "all")].append(prompt_id)
-    per_category = {}
-    if len(by_category) > 1:
-        for category, prompt_ids in sorted(by_category.items()):
-            per_category[category] = win_rate({p: model.rewards[p] for p in prompt_ids}, baseline.rewards)
     return Comparison(model=model.label, baseline=baseline.label, overall=win_rate(model.rewards, baseline.rewards),
                       length_controlled=length_controlled_win_rate(list(results.values()), differences),
-                      per_category=per_category)
+                      per_category=per_category_win_rates(results, model.categories))
 
 
 def answer_prompts(label: str, model: str, prompts: str | Path, output_dir: str | Path,

@@ -23,6 +23,7 @@ from wrpo.data.prompts import PromptRow
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.evaluation.compare import ModelResult
 from wrpo.generation.backends import make_generator
+from wrpo.generation.sample import normalise_response
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
 
 FORMATS = ("alpaca_eval", "arena_hard", "mt_bench")
@@ -83,8 +84,8 @@ def export_mt_bench(result: ModelResult, prompts: list[PromptRow], path: str | P
             conversation.append({"role": "user", "content": question})
             (reply,), = generator.generate([generator.prompt_ids(conversation)], [row.prompt_id],
                                            GREEDY.model_copy(update={"max_new_tokens": settings.max_new_tokens}))
-            answers.append(reply)
-            conversation.append({"role": "assistant", "content": reply})
+            answers.append(normalise_response(reply))  # as the first turn's answer was (wrpo sample)
+            conversation.append({"role": "assistant", "content": answers[-1]})
         rows.append({"question_id": _question_id(row.prompt_id), "answer_id": _answer_id(result.label, row.prompt_id),
                      "model_id": result.label, "choices": [{"index": 0, "turns": answers}], "tstamp": time.time()})
     return write_jsonl_atomically(path, rows)

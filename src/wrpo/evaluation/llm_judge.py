@@ -35,7 +35,7 @@ from wrpo.data.records import Prompt
 from wrpo.data.resumable import append_rows, complete_rows
 from wrpo.data.tokenize import as_messages
 from wrpo.errors import InputError
-from wrpo.evaluation.compare import ModelResult, WinRate, bootstrap_interval, win_rate_of
+from wrpo.evaluation.compare import ModelResult, WinRate, bootstrap_interval, per_category_win_rates, win_rate_of
 from wrpo.evaluation.length_control import length_controlled_win_rate
 from wrpo.evaluation.llm_judge_settings import LLMJudge
 from wrpo.files import text_fingerprint
@@ -150,11 +150,13 @@ class LLMComparison:
     prompt_tokens: int               # as the server reports them, over the judgements used
     completion_tokens: int
     seconds: float                   # the requests' own times, summed (concurrent requests overlap)
+    per_category: dict[str, WinRate]  # where the prompts have several categories
 
     def as_dict(self) -> dict:
         rates = self.overall.as_dict() if self.overall else {"win_rate": None, "ci95": None, "wins": 0, "ties": 0,
                                                               "losses": 0}
-        return {**rates, "lc_win_rate": self.length_controlled, "lc_ci95": list(self.lc_ci95),
+        return {**rates, "per_category": {c: w.as_dict() for c, w in self.per_category.items()},
+                "lc_win_rate": self.length_controlled, "lc_ci95": list(self.lc_ci95),
                 "judged": self.judged, "unjudged": self.unjudged,
                 "unparseable": {order: sum(u["order"] == order for u in self.unparseable) for order in ORDERS},
                 "first_position_share": self.first_position_share, "prompt_tokens": self.prompt_tokens,
@@ -190,7 +192,7 @@ def summarise(model: ModelResult, baseline: ModelResult, judgements: dict[str, d
         unjudged=sorted(set(judgements) - set(preferences)), unparseable=unparseable,
         first_position_share=statistics.fmean(first_position) if first_position else math.nan,
         prompt_tokens=_total(rows, "prompt_tokens"), completion_tokens=_total(rows, "completion_tokens"),
-        seconds=_total(rows, "seconds"))
+        seconds=_total(rows, "seconds"), per_category=per_category_win_rates(preferences, model.categories))
 
 
 def _total(rows: list[dict], field: str) -> float:

@@ -14,7 +14,7 @@ from wrpo.evaluation.compare import ModelResult, compare, evaluate_model, format
 from wrpo.evaluation.exports import FORMATS, export_alpaca_eval, export_arena_hard, export_mt_bench
 from wrpo.evaluation.llm_judge import check_llm_judge, judge_with_llm
 from wrpo.evaluation.llm_judge_settings import TEMPLATE, LLMJudge
-from wrpo.evaluation.plots import reward_distributions, win_rate_bars
+from wrpo.evaluation.plots import per_category_bars, reward_distributions, win_rate_bars
 from wrpo.files import write_text_atomically
 from wrpo.generation.backends import openai_client
 from wrpo.generation.settings import GREEDY, BackendSettings, SamplingSettings
@@ -144,6 +144,10 @@ def _judge_by_rewards(results: dict[str, ModelResult], baseline: str, others: li
     if comparisons:
         win_rate_bars(comparisons, output_dir / "win_rates.png", f"against {baseline}, judged by {Path(judge).name}")
     reward_distributions(results, output_dir / "rewards.png")
+    per_category = {label: result.per_category for label, result in results.items()}
+    if len({category for values in per_category.values() for category in values}) > 1:
+        per_category_bars(per_category, output_dir / "per_category.png",
+                          f"mean reward by category, judged by {Path(judge).name}")
     return {"models": {label: result.as_dict() for label, result in results.items()},
             "comparisons": {c.model: c.as_dict() for c in comparisons},
             "judge_failures": {label: r.failures for label, r in results.items() if r.failures}}
@@ -176,16 +180,25 @@ def _render_rewards(report: dict) -> list[str]:
                else "baseline | | ")
         lines.append(f"| {label} | {win} | {values['mean_reward']:.3f} | {values['mean_length']:.0f} | "
                      f"{values['judged']} | {values['judge_failures']} |")
-    for label, c in report["comparisons"].items():
-        if c["per_category"]:
-            lines += ["", f"### {label} by category", "", "| category | win rate | 95% CI |", "|---|---|---|"]
-            lines += [f"| {category} | {w['win_rate']:.3f} | {_interval(w['ci95'])} |"
-                      for category, w in c["per_category"].items()]
+    lines += _by_category(report["comparisons"])
     if report["judge_failures"]:
         lines += ["", "### Rows the judge failed on (left out)", ""]
         lines += [f"- {label}: {error}" for label, errors in report["judge_failures"].items() for error in errors]
     plotted = ["", "![win rates](win_rates.png)"] if report["comparisons"] else []
+    if len({c for values in report["models"].values() for c in values["per_category"]}) > 1:
+        plotted += ["", "![mean reward by category](per_category.png)"]
     return [*lines, *plotted, "", "![rewards](rewards.png)"]
+
+
+def _by_category(comparisons: dict[str, dict]) -> list[str]:
+    """A table of win rates by category for each comparison that has them."""
+    lines = []
+    for label, c in comparisons.items():
+        if c["per_category"]:
+            lines += ["", f"### {label} by category", "", "| category | win rate | 95% CI |", "|---|---|---|"]
+            lines += [f"| {category} | {w['win_rate']:.3f} | {_interval(w['ci95'])} |"
+                      for category, w in c["per_category"].items()]
+    return lines
 
 
 def _render_llm_judge(section: dict) -> list[str]:
@@ -209,6 +222,7 @@ def _render_llm_judge(section: dict) -> list[str]:
                      f"{len(c['unjudged'])} | {sum(c['unparseable'].values())} | "
                      f"{format_rate(c['first_position_share'])} | {c['prompt_tokens']} + {c['completion_tokens']} | "
                      f"{c['seconds']:.1f} |")
+    lines += _by_category(section["comparisons"])
     left_out = {label: c["unjudged"] for label, c in section["comparisons"].items() if c["unjudged"]}
     if left_out:
         lines += ["", "### Prompts left out (no reply parsed in either order)", ""]

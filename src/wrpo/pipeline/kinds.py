@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, SerializeAsAny, field_validator
 from wrpo.data.construct import PairSettings, SplitSettings
 from wrpo.data.variant_data import VariantDataSpec, write_variant_data
 from wrpo.evaluation.ablation_judge import ReportSpec, judge_and_report
+from wrpo.files import missing_module
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.placement import Placement
@@ -222,3 +223,10 @@ class Stage(BaseModel):
     @property
     def layout(self) -> Workdir:
         return Workdir(self.workdir)
+
+    def unreadable(self) -> str | None:
+        """What keeps its inputs from being fingerprinted here, in words: a scorer whose module cannot be
+        imported (a shell without the recipe's PYTHONPATH). None when they can be."""
+        function = getattr(getattr(self.spec, "reward", None), "function", None)
+        module = missing_module(function) if function else None
+        return f"its scorer's module {module} cannot be imported here" if module else None

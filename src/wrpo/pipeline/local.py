@@ -64,12 +64,15 @@ class LocalExecutor:
             layout = stage.layout
             decision = decision_now(stage)  # its inputs are final now
             header = f"[{number}/{len(stages)}] {stage.name}"
-            if decision == "skip":
+            if decision.action == "skip":
                 say(f"{header}: up to date, skipped")
                 statuses[stage.name] = "skipped"
                 continue
-            say(f"[bold]{header}[/]: {dict(run='running', resume='resuming', redo='redoing')[decision]} "
-                f"({stage.placement.description}; log: {layout.log(stage.name)})")
+            if decision.action == "unknown":
+                raise InputError(f"stage {stage.name}: {decision.why}")
+            why = f"; {decision.why}" if decision.why else ""
+            say(f"[bold]{header}[/]: {dict(run='running', resume='resuming', redo='redoing')[decision.action]} "
+                f"({stage.placement.description}{why}; log: {layout.log(stage.name)})")
             try:
                 self.run_stage(stage)
             except BaseException as error:
@@ -77,7 +80,7 @@ class LocalExecutor:
                             if isinstance(error, StageFailed)
                             else {"error": str(error) or type(error).__name__, "log": str(layout.log(stage.name))})
                 raise
-            statuses[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
+            statuses[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision.action]
         return statuses
 
     def run_stage(self, stage: Stage) -> None:

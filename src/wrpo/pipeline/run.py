@@ -18,7 +18,7 @@ from wrpo.pipeline.plan import plan
 from wrpo.pipeline.preflight import check_recipe_inputs
 from wrpo.pipeline.recipe import load_recipe
 from wrpo.pipeline.slurm import SlurmExecutor
-from wrpo.pipeline.state import StageState, decide, read_manifest
+from wrpo.pipeline.state import Decision, StageState, decide, read_manifest
 
 EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "slurm": SlurmExecutor}
 
@@ -52,7 +52,7 @@ def run_stages(stages: list[Stage], layout: Workdir, executor: Executor, recipe_
 @dataclass
 class PlannedStage:
     stage: Stage
-    decision: str               # skip, run, resume, redo
+    decision: Decision          # skip, run, resume, redo or unknown, and why
     scripts: list[str]          # what the executor would start: command lines or job scripts
 
 
@@ -65,12 +65,14 @@ def plan_recipe(recipe_path: str | Path, executor: Executor | None = None) -> li
 
 
 def recipe_status(recipe_path: str | Path, executors: Sequence[Executor] | None = None) -> list[StageState]:
-    """Each stage (and each other stage the executors know of, such as an ablation's): done, running
+    """Each stage (and each other stage the executors know of, such as an ablation's): done, changed (recorded
+    complete, and what changed since), unchecked (recorded complete, and why it cannot be checked here), running
     (where), queued, failed (with its log) or pending."""
     recipe = load_recipe(recipe_path)
     layout = recipe.layout
     stages = plan(recipe)
-    done = {name: decision == "skip" for name, decision in decide(stages).items()}
+    decisions = decide(stages)
+    done = {name: decision.action == "skip" for name, decision in decisions.items()}
     known: dict[str, StageState] = {}
     for executor in executors if executors is not None else [each() for each in EXECUTORS.values()]:
         known.update(executor.states(layout, list(done)))
@@ -81,10 +83,15 @@ def recipe_status(recipe_path: str | Path, executors: Sequence[Executor] | None 
     for name, finished in done.items():
         manifest = read_manifest(layout, name) or {}
         state = known.get(name)
+        decision = decisions.get(name)
         if state is not None and state.state in ("running", "queued"):  # a finished stage's job may still be ending
             states.append(state)
         elif finished:  # with what the executor knows of how it ran
             states.append(StageState(name, "done", state.detail if state is not None and state.state == "done" else ""))
+        elif manifest.get("complete") and decision is not None and decision.action == "unknown":
+            states.append(StageState(name, "unchecked", decision.why))
+        elif manifest.get("complete") and decision is not None and decision.action == "redo":
+            states.append(StageState(name, "changed", f"would be redone: {decision.why}"))
         elif "failed" in manifest:
             failed = manifest["failed"]
             cause = f"exit status {failed['exit_status']}" if "exit_status" in failed else failed.get("error", "")

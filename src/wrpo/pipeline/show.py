@@ -12,7 +12,7 @@ from wrpo.pipeline.state import StageState
 from wrpo.progress import console
 
 DECISIONS = {"skip": "up to date: would be skipped", "run": "would run", "resume": "would resume",
-             "redo": "changed: would be redone"}
+             "redo": "changed: would be redone", "unknown": "cannot be checked here"}
 
 
 def show_plan(planned: list[PlannedStage]) -> None:
@@ -20,7 +20,8 @@ def show_plan(planned: list[PlannedStage]) -> None:
     reads or writes, one line each), inputs, outputs, and what the executor would start."""
     for number, item in enumerate(planned, start=1):
         stage = item.stage
-        lines = [f"[bold][{number}/{len(planned)}] {escape(stage.name)}[/]: {DECISIONS[item.decision]}",
+        why = f" ({escape(item.decision.why)})" if item.decision.why else ""
+        lines = [f"[bold][{number}/{len(planned)}] {escape(stage.name)}[/]: {DECISIONS[item.decision.action]}{why}",
                  f"  launch: {escape(stage.placement.description)}"]
         files = {str(path) for path in [*stage.inputs, *stage.outputs]}
         for key, value in stage.spec.model_dump(mode="json").items():
@@ -37,7 +38,8 @@ def show_plan(planned: list[PlannedStage]) -> None:
 
 
 def show_status(states: list[StageState]) -> None:
-    colours = {"done": "green", "running": "cyan", "queued": "cyan", "failed": "red", "pending": "dim"}
+    colours = {"done": "green", "changed": "yellow", "unchecked": "yellow", "running": "cyan", "queued": "cyan",
+               "failed": "red", "pending": "dim"}
     table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     for column in ("stage", "state", ""):
         table.add_column(column)

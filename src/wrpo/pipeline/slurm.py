@@ -68,11 +68,14 @@ class SlurmExecutor:
             layout = stage.layout
             layout.log("any").parent.mkdir(parents=True, exist_ok=True)  # Slurm opens the logs, not their folders
             header = f"[{number}/{len(stages)}] {stage.name}"
-            if decisions[stage.name] == "skip":
+            decision = decisions[stage.name]
+            if decision.action == "skip":
                 say(f"{header}: up to date, skipped")
                 statuses[stage.name] = "skipped"
                 continue
-            if decisions[stage.name] == "redo":
+            if decision.action == "unknown":
+                raise InputError(f"stage {stage.name}: {decision.why}")
+            if decision.action == "redo":
                 remove_outputs(stage)
             mark_submitted(stage, ready=not any(i in writers for i in map(str, stage.inputs)))
             write_stage_files(stage)

@@ -33,13 +33,30 @@ from wrpo.pipeline.layout import Workdir
 @dataclass
 class StageState:
     name: str
-    state: str                  # done, running, queued, failed, pending
+    state: str                  # done, changed, unchecked, running, queued, failed, pending
     detail: str = ""
 
 
-def stage_fingerprint(stage: Stage) -> str:
-    parts = [json.dumps(stage.settings, sort_keys=True, default=str)] + [path_fingerprint(i) for i in stage.inputs]
+@dataclass(frozen=True)
+class Decision:
+    """What a run would do with a stage now, and why where that is not plain."""
+
+    action: str     # skip, run, resume, redo; unknown: its inputs cannot be fingerprinted here
+    why: str = ""
+
+
+def stage_fingerprint(stage: Stage, inputs: list[str] | None = None) -> str:
+    """`inputs`: the inputs' fingerprints where they were computed already (input_fingerprints)."""
+    parts = [_settings_json(stage)] + (inputs if inputs is not None else input_fingerprints(stage))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def input_fingerprints(stage: Stage) -> list[str]:
+    return [path_fingerprint(i) for i in stage.inputs]
+
+
+def _settings_json(stage: Stage) -> str:
+    return json.dumps(stage.settings, sort_keys=True, default=str)
 
 
 def read_manifest(layout: Workdir, name: str) -> dict | None:
@@ -51,37 +68,56 @@ def write_manifest(stage: Stage, **fields) -> None:
     write_text_atomically(stage.layout.manifest(stage.name), json.dumps(fields) + "\n")
 
 
-def decide(stages: list[Stage]) -> dict[str, str]:
-    """What a run would do with each stage now: skip, run, resume or redo. A stage whose inputs an
-    earlier stage will (re)write is redone, or run if it never started."""
+def decide(stages: list[Stage]) -> dict[str, Decision]:
+    """What a run would do with each stage now. A stage whose inputs an earlier stage will (re)write is
+    redone, or run if it never started; a complete stage that cannot be checked here is taken as it is."""
     changing: set[str] = set()
     decisions = {}
     for stage in stages:
-        if any(str(Path(i)) in changing for i in stage.inputs):
-            decision = "redo" if read_manifest(stage.layout, stage.name) else "run"
-        else:
-            decision = decision_now(stage)
+        rewritten = [i for i in stage.inputs if str(Path(i)) in changing]
+        decision = decision_now(stage)
+        if rewritten and decision.action in ("skip", "resume"):  # its own change said first, where it has one
+            decision = Decision("redo", f"{rewritten[0]} is to be rewritten")
         decisions[stage.name] = decision
-        if decision != "skip":
+        complete = bool((read_manifest(stage.layout, stage.name) or {}).get("complete"))
+        if not (decision.action == "skip" or (decision.action == "unknown" and complete)):
             changing |= {str(output) for output in stage.outputs}
     return decisions
 
 
-def decision_now(stage: Stage) -> str:
-    """skip, run, resume or redo for a stage whose inputs are as they will be when it runs; its inputs'
-    fingerprint is computed only when a manifest needs it."""
+def decision_now(stage: Stage) -> Decision:
+    """Skip, run, resume, redo (and why) or unknown (and why) for a stage whose inputs are as they will be when
+    it runs; its inputs are fingerprinted only when a manifest needs them."""
     manifest = read_manifest(stage.layout, stage.name)
     if manifest is None:
-        return "run"
-    if manifest.get("fingerprint") != stage_fingerprint(stage):  # None: submitted, never started
-        return "redo"
-    if manifest.get("complete") and all(output.exists() for output in stage.outputs):
-        return "skip"
-    return "resume"
+        return Decision("run")
+    unreadable = stage.unreadable()
+    if unreadable:
+        return Decision("unknown", f"recorded {'complete' if manifest.get('complete') else 'started'}, not "
+                                   f"checked against its inputs: {unreadable}")
+    inputs = input_fingerprints(stage)
+    if manifest.get("fingerprint") != stage_fingerprint(stage, inputs):
+        return Decision("redo", _what_changed(stage, manifest, inputs))
+    missing = [output for output in stage.outputs if not output.exists()]
+    if manifest.get("complete") and not missing:
+        return Decision("skip")
+    return Decision("resume", f"{missing[0]} is missing" if manifest.get("complete") else "")
+
+
+def _what_changed(stage: Stage, manifest: dict, inputs: list[str]) -> str:
+    if manifest.get("fingerprint") is None:
+        return "submitted, never started"
+    if "inputs" not in manifest:  # recorded before manifests named them
+        return "its inputs or settings changed"
+    changed = [path for path, now in zip(stage.inputs, inputs, strict=True) if manifest["inputs"].get(path) != now]
+    if changed:
+        return f"{', '.join(changed)} changed"
+    before, now = manifest["settings"], json.loads(_settings_json(stage))
+    return f"settings changed: {', '.join(sorted(key for key in {*before, *now} if before.get(key) != now.get(key)))}"
 
 
 def not_done(stages: list[Stage]) -> list[str]:
-    return [name for name, decision in decide(stages).items() if decision != "skip"]
+    return [name for name, decision in decide(stages).items() if decision.action != "skip"]
 
 
 def remove_outputs(stage: Stage) -> None:
@@ -103,28 +139,40 @@ def mark_started(stage: Stage) -> None:
     layout = stage.layout
     manifest_path = layout.manifest(stage.name)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    fingerprint = stage_fingerprint(stage)
+    recorded = _recorded(stage)
     with FileLock(manifest_path.with_name(manifest_path.name + ".lock")):
         manifest = read_manifest(layout, stage.name) or {}
-        if manifest.get("fingerprint") not in (None, fingerprint):
+        if manifest.get("fingerprint") not in (None, recorded["fingerprint"]):
             remove_outputs(stage)
-        write_manifest(stage, fingerprint=fingerprint, complete=False, host=socket.gethostname(), pid=os.getpid(),
+        write_manifest(stage, **recorded, complete=False, host=socket.gethostname(), pid=os.getpid(),
                        started=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _recorded(stage: Stage) -> dict:
+    """What a manifest keeps of the stage's inputs and settings: their fingerprint, and each input's and every
+    setting, to say later which of them changed."""
+    inputs = input_fingerprints(stage)
+    return {"fingerprint": stage_fingerprint(stage, inputs), "inputs": dict(zip(stage.inputs, inputs, strict=True)),
+            "settings": json.loads(_settings_json(stage))}
+
+
+def _kept(manifest: dict) -> dict:
+    return {key: manifest[key] for key in ("fingerprint", "inputs", "settings") if key in manifest}
 
 
 def mark_finished(stage: Stage) -> None:
     manifest = read_manifest(stage.layout, stage.name) or {}
-    write_manifest(stage, fingerprint=manifest.get("fingerprint") or stage_fingerprint(stage), complete=True)
+    write_manifest(stage, **(_kept(manifest) if manifest.get("fingerprint") else _recorded(stage)), complete=True)
 
 
 def mark_failed(stage: Stage, failure: dict) -> None:
     """`failure`: the exit status or error, and the log to read."""
     manifest = read_manifest(stage.layout, stage.name) or {}
-    write_manifest(stage, fingerprint=manifest.get("fingerprint"), complete=False, failed=failure)
+    write_manifest(stage, **{"fingerprint": None, **_kept(manifest)}, complete=False, failed=failure)
 
 
 def mark_submitted(stage: Stage, ready: bool) -> None:
     """A stage handed to a scheduler: with the fingerprint of its inputs where they are final already (`ready`),
     else none until it starts."""
-    write_manifest(stage, fingerprint=stage_fingerprint(stage) if ready else None, complete=False,
+    write_manifest(stage, **(_recorded(stage) if ready else {"fingerprint": None}), complete=False,
                    submitted=time.strftime("%Y-%m-%d %H:%M:%S"))
