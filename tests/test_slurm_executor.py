@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from conftest import scorers_env
@@ -74,6 +75,10 @@ def test_the_pipeline_runs_as_slurm_jobs_and_equals_the_local_run(zoo, tmp_path,
     assert again.exit_code == 0 and again.output.count("up to date, skipped") == 10
     states = {state.name: state for state in recipe_status(submitted)}
     assert states["sft"].state == "done" and states["sft"].detail.startswith("Slurm job ")
+    with_resources(submitted, yaml.safe_load(submitted.read_text())["resources"], wrpo={"beta": 0.3})
+    states = {state.name: state for state in recipe_status(submitted)}
+    assert states["wrpo"].state == "changed" and states["wrpo"].detail == "would be redone: settings changed: beta"
+    with_resources(submitted, yaml.safe_load(submitted.read_text())["resources"], wrpo={"beta": 0.5})
 
     # From a shell where the recipe's scorer cannot be imported: the scoring stages cannot be checked (and say
     # why), the others are done, none failed.
