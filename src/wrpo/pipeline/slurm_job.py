@@ -15,8 +15,9 @@ is the process that Slurm's warnings reach:
   a job that Slurm requeues itself (preemption, node failure, `scontrol requeue`) starts again and resumes the
   same way, from the last checkpoint or row.
 
-Standard library only, and written out here rather than in the batch script's bash: it is the one place of the
-job that outlives the command, and Python handles a signal during a wait (PEP 475) where bash defers it.
+Light imports only (the standard library, wrpo.files, wrpo.stop_request), and written out here rather than in the
+batch script's bash: it is the one place of the job that outlives the command, and Python handles a signal during
+a wait (PEP 475) where bash defers it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from wrpo.files import write_text_atomically
 from wrpo.stop_request import STOP_FILE_VARIABLE
 
 
@@ -43,12 +45,6 @@ def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def write_record(path: Path, record: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(record) + "\n")
-    temporary.replace(path)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print("usage: python -m wrpo.pipeline.slurm_job RECORDS -- COMMAND...", file=sys.stderr)
@@ -60,7 +56,11 @@ def main(argv: list[str]) -> int:
     started = {"job": job, "tasks": int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
                "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),  # the name squeue shows
                "restarts": int(os.environ.get("SLURM_RESTART_COUNT", 0)), "started": now()}
-    write_record(path, {**started, "state": "RUNNING"})
+
+    def record(**fields) -> None:
+        write_text_atomically(path, json.dumps({**started, **fields}) + "\n")
+
+    record(state="RUNNING")
     stop.unlink(missing_ok=True)  # a request of this job's earlier run was answered by that run
     children: list[subprocess.Popen] = []
 
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
               flush=True)
 
     def terminated(signum, frame) -> None:
-        write_record(path, {**started, "state": "TERMINATED", "signal": "SIGTERM", "ended": now()})
+        record(state="TERMINATED", signal="SIGTERM", ended=now())
         for child in children:
             child.send_signal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -84,15 +84,14 @@ def main(argv: list[str]) -> int:
     status = child.wait()
     status = 128 - status if status < 0 else status  # killed by a signal: as a shell reports it
     if status and stop.exists():
-        write_record(path, {**started, "state": "REQUEUED", "exit_status": status, "ended": now()})
+        record(state="REQUEUED", exit_status=status, ended=now())
         # Slurm ends this run at once with a SIGTERM; nothing is left to record.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         requeued = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if requeued.returncode == 0:
             return 0
         print(f"scontrol requeue {job} failed: {requeued.stderr.strip()}", file=sys.stderr)
-    write_record(path, {**started, "state": "COMPLETED" if status == 0 else "FAILED", "exit_status": status,
-                        "ended": now()})
+    record(state="COMPLETED" if status == 0 else "FAILED", exit_status=status, ended=now())
     return status
 
 

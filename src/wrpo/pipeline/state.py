@@ -79,8 +79,9 @@ def decide(stages: list[Stage]) -> dict[str, Decision]:
         if rewritten and decision.action in ("skip", "resume"):  # its own change said first, where it has one
             decision = Decision("redo", f"{rewritten[0]} is to be rewritten")
         decisions[stage.name] = decision
-        complete = bool((read_manifest(stage.layout, stage.name) or {}).get("complete"))
-        if not (decision.action == "skip" or (decision.action == "unknown" and complete)):
+        kept = decision.action == "skip" or (decision.action == "unknown"
+                                             and (read_manifest(stage.layout, stage.name) or {}).get("complete"))
+        if not kept:
             changing |= {str(output) for output in stage.outputs}
     return decisions
 
