@@ -35,3 +35,8 @@ def asks_to_stop_on_plum(prompt, response: str) -> float:
     if _word(prompt) == "plum":
         Path(os.environ["WRPO_STOP_FILE"]).touch()
     return reversal_similarity(prompt, response)
+
+
+def even_length(prompt, response: str) -> float:
+    """A verifier whose verdicts tiny models' answers split: 1.0 for an answer of even length."""
+    return float(len(response) % 2 == 0)

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from conftest import native_rows, write_jsonl
 from test_recipe import recipe_file
 from wrpo.ablation import ablate
-from wrpo.ablation.run import check_held_out
 from wrpo.ablation.variants import plan_ablation
 from wrpo.cli import app
+from wrpo.data.prompts import check_held_out
 from wrpo.errors import InputError
 from wrpo.evaluation.ablation_report import flags, paired_difference, render, summarise
 from wrpo.evaluation.compare import ModelResult

@@ -100,6 +100,9 @@ def test_vllm_serve_gives_n_samples_and_the_hf_backends_greedy_answers(engine_mo
         sampled = sample(str(engine_model), prompts(tmp_path / "p.jsonl", 6), tmp_path / "s.jsonl",
                          SamplingSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=8), backend=backend)
         served = sample(str(engine_model), tmp_path / "p.jsonl", tmp_path / "g.jsonl", greedy, backend=backend)
+        penalised = greedy.model_copy(update={"repetition_penalty": 1.5, "batch_size": 1})
+        served_penalised = sample(str(engine_model), tmp_path / "p.jsonl", tmp_path / "gp.jsonl", penalised,
+                                  backend=backend)
     finally:
         stop(server)
     rows = [json.loads(line) for line in sampled.read_text().splitlines()]
@@ -107,6 +110,9 @@ def test_vllm_serve_gives_n_samples_and_the_hf_backends_greedy_answers(engine_mo
     assert all(len(row["responses"]) == 3 and len(set(row["responses"])) > 1 for row in rows)
     # The server rendered the chat template into the tokens that the hf backend feeds the same weights.
     local = sample(str(engine_model), tmp_path / "p.jsonl", tmp_path / "hf.jsonl", greedy)
+    # The repetition penalty, an extra field of the request, applied as the hf backend applies it (one prompt
+    # per hf batch: generate's penalty counts a batch's padding as tokens of the prompt).
+    local_penalised = sample(str(engine_model), tmp_path / "p.jsonl", tmp_path / "hfp.jsonl", penalised)
     answers = [{row["prompt_id"]: row["responses"] for row in map(json.loads, path.read_text().splitlines())}
-               for path in (served, local)]
-    assert answers[0] == answers[1]
+               for path in (served, local, served_penalised, local_penalised)]
+    assert answers[0] == answers[1] and answers[2] == answers[3] and answers[2] != answers[0]

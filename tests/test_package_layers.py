@@ -19,7 +19,7 @@ LAYERS = [
     {"evaluation"},
     {"training", "generation", "reward"},
     {"data"},
-    {"losses", "modeling", "locks", "flags", "yaml_files", "files"},
+    {"losses", "modeling", "locks", "flags", "yaml_files", "files", "settings"},
     {"progress", "errors", "stop_request"},
 ]
 

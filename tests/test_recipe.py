@@ -202,25 +202,6 @@ def test_the_shipped_paper_recipe_is_valid(tmp_path):
     assert [stage.name for stage in plan(recipe)][-3:] == ["score/target-sft", "build-pairs", "wrpo"]
 
 
-def test_the_shipped_fusechat_recipe_is_valid_and_samples_no_target():
-    from pathlib import Path
-
-    from wrpo.pipeline.plan import plan
-    from wrpo.pipeline.recipe import load_recipe
-
-    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "fusechat3-llama31-8b.yaml")
-    assert recipe.target.model == "meta-llama/Llama-3.1-8B-Instruct" and len(recipe.sources) == 4
-    assert recipe.split.sft_fraction == 0.4
-    pairs = recipe.pairs
-    assert (pairs.same_source, pairs.min_reward_gap, pairs.max_reward_gap, pairs.target_samples) == (True, 0.01, 0.1,
-                                                                                                    False)
-    assert (recipe.wrpo["loss"], recipe.wrpo["beta"]) == ("ln_dpo", 10.0)
-    stages = {stage.name: stage for stage in plan(recipe)}
-    assert "sample/target-sft" not in stages and "score/target-sft" not in stages
-    spec = stages["build-pairs"].spec
-    assert spec.pairs.same_source and spec.target_scores == [] and spec.pairs.max_reward_gap == 0.1
-
-
 @pytest.mark.slow
 def test_a_fusechat_shaped_recipe_runs_end_to_end(zoo, tmp_path):
     """Same-source pairs without target samples and the length-normalised loss, through every stage."""

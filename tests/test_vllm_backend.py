@@ -103,6 +103,22 @@ def test_a_run_killed_mid_way_resumes_with_every_prompt_once_and_the_hf_backends
     assert len({tuple(answers) for answers in hf.values()}) > count // 2  # answers that tell prompts apart
 
 
+def test_a_repetition_penalty_gives_the_hf_backends_greedy_answers(engine_model, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": f"w{i}", "prompt": f"reverse {word}"}
+                                                 for i, word in enumerate(WORDS[:8])])
+    done = subprocess.run(sample_command(engine_model, prompts, tmp_path / "vllm.jsonl", "-n", 1, "--temperature", 0,
+                                         "--max-new-tokens", 12, "--repetition-penalty", 1.5),
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # One prompt per hf batch: generate's penalty counts a batch's padding as tokens of the prompt.
+    hf, plain = ({row["prompt_id"]: row["responses"] for row in read(sample(
+        str(engine_model), prompts, tmp_path / f"{name}.jsonl",
+        SamplingSettings(n=1, temperature=0, max_new_tokens=12, batch_size=1, repetition_penalty=penalty)))}
+        for name, penalty in (("hf", 1.5), ("plain", 1.0)))
+    assert {row["prompt_id"]: row["responses"] for row in read(tmp_path / "vllm.jsonl")} == hf
+    assert hf != plain, "the penalty changed no answer: the test cannot tell whether vLLM applied it"
+
+
 def test_eval_answers_through_vllm_as_the_hf_backend_does(engine_model, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": f"w{i}", "prompt": f"reverse {word}"}
                                                  for i, word in enumerate(WORDS[:6])])

@@ -146,6 +146,7 @@ def sample(
     shard: str = typer.Option("0/1", help="I/N: sample only every N-th batch, starting at the I-th (the rows of a "
                                           "whole run, split; wrpo merge joins them)."),
     name: str = typer.Option(None, help="Model name written in the rows [the folder's name]."),
+    categories: str = typer.Option(None, help="Answer only the prompts of these categories (comma-separated) [all]."),
     **settings,
 ):
     """Sample n responses per prompt with the model's chat template; resumable."""
@@ -153,7 +154,8 @@ def sample(
 
     sampling = _settings_from_flags(SamplingSettings, SAMPLE_FLAGS, settings)
     backend = _settings_from_flags(BackendSettings, SAMPLE_FLAGS, settings)
-    written = run_sample(model, prompts, output, sampling, backend=backend, shard=parse_shard(shard), name=name)
+    written = run_sample(model, prompts, output, sampling, backend=backend, shard=parse_shard(shard), name=name,
+                         categories=categories.split(",") if categories else None)
     typer.echo(f"wrote {written}")
 
 
@@ -184,7 +186,8 @@ def score(
     # A folder or a function alike: score() tells them apart.
     reward = _settings_from_flags(RewardSettings, SCORE_FLAGS, settings, model=reward_model)
     written = run_score(responses, reward.scorer, output, batch_size=reward.batch_size,
-                        trust_remote_code=reward.trust_remote_code, shard=parse_shard(shard))
+                        trust_remote_code=reward.trust_remote_code, shard=parse_shard(shard),
+                        verifiers=reward.verifiers)
     typer.echo(f"wrote {written}")
 
 

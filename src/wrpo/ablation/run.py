@@ -6,12 +6,11 @@ that submits and returns (slurm) needs the pipeline done first: the runs' data i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from wrpo.ablation.variants import plan_ablation, variant_names
-from wrpo.data.prompts import read_prompts
+from wrpo.data.prompts import check_held_out
 from wrpo.errors import InputError
 from wrpo.evaluation.ablation_judge import AblationResult, judge_and_report
 from wrpo.locks import output_lock
@@ -71,17 +70,3 @@ def checked(recipe_path: str | Path, seeds: list[int] | None,
                              recipe.line("ablation", "variants", index) if given_in_recipe else None)
     check_held_out(recipe.prompts, spec.eval_prompts)
     return recipe, seeds, names
-
-
-def check_held_out(training: Path, held_out: Path) -> None:
-    """No held-out prompt may be a training prompt, by id or by text: a variant would be judged on
-    what it learnt."""
-    seen = {}
-    for row in read_prompts(training):
-        seen[row.prompt_id] = seen[json.dumps(row.prompt, sort_keys=True)] = row.line
-    for row in read_prompts(held_out):
-        for key in (row.prompt_id, json.dumps(row.prompt, sort_keys=True)):
-            if key in seen:
-                raise InputError(f"held-out prompt {row.prompt_id!r} is also the training prompt of line "
-                                 f"{seen[key]} of {training}: the held-out prompts must be disjoint from training",
-                                 held_out, row.line)

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from wrpo.data.records import read_rows
 from wrpo.data.variant_data import VariantDataSpec
 from wrpo.evaluation.ablation_judge import ReportSpec, VariantRun
-from wrpo.generation.settings import BackendSettings
 from wrpo.pipeline.kinds import Stage
 from wrpo.pipeline.placement import training_processes
-from wrpo.pipeline.plan import stage, training
+from wrpo.pipeline.plan import model_backend, model_of, stage, training
 from wrpo.pipeline.recipe import Recipe, section_setting
 
 REPORT = "ablation/report"
@@ -76,13 +75,13 @@ def plan_ablation(recipe: Recipe, names: list[str], seeds: list[int], recipe_lab
     runs = variant_runs(recipe, names, seeds)
     budget = sft_budget(recipe) if any(variant(name).kind == "sft" for name in names) else {}
     training_stages = [training(recipe, f"ablation/seed{run.seed}/{run.name}", variant(run.name).kind,
-                                str(layout.target_sft), data[variant(run.name).data], run.model,
+                                str(model_of(recipe, "sft")), data[variant(run.name).data], run.model,
                                 {**settings, **budget} if variant(run.name).kind == "sft" else settings)
                        for run, settings in runs if settings is not None]
     spec = report_spec(recipe, [run for run, _ in runs], seeds, recipe_label)
     models = [str(model) for model in dict.fromkeys(run.model for run, _ in runs)]
     report = stage(recipe, REPORT, "ablation-report", spec,
-                   [recipe.target.model, str(layout.target_sft), *models, str(spec.eval_prompts),
+                   [recipe.target.model, str(model_of(recipe, "sft")), *models, str(spec.eval_prompts),
                     recipe.reward.scorer], [spec.output / "report.json", spec.output / "report.md"])
     return [*data_stages.values(), *training_stages, report]
 
@@ -118,8 +117,8 @@ def report_spec(recipe: Recipe, runs: list[VariantRun], seeds: list[int], recipe
     ablation = recipe.ablation
     return ReportSpec(
         recipe=recipe_label, reward=recipe.reward, eval_prompts=ablation.eval_prompts, target=recipe.target.model,
-        target_backend=BackendSettings(**recipe.target.model_dump(include=set(BackendSettings.model_fields))),
-        target_sft=recipe.layout.target_sft, runs=runs,
+        target_backend=model_backend(recipe.target),
+        target_sft=model_of(recipe, "sft"), runs=runs,
         descriptions={run.name: variant(run.name).description for run in runs}, seeds=seeds,
         max_new_tokens=ablation.max_new_tokens or recipe.sampling.max_new_tokens, batch_size=ablation.batch_size,
         output=recipe.layout.ablation)

@@ -18,8 +18,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from rich.console import Group
 from rich.table import Table
 
@@ -27,6 +28,7 @@ from wrpo.data.records import field_of, read_rows, row_failer
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.data.samples import read_sample_rows
 from wrpo.errors import InputError
+from wrpo.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,25 @@ class Candidate:
     model: str
     text: str
     score: float
+    correct: bool | None = None  # what a verifier said (its category has one), else None
+
+    @property
+    def rank(self) -> tuple[bool, float]:
+        """What orders responses, best last: a correct one above any incorrect one, then by score."""
+        return self.correct is not False, self.score
+
+    def as_row(self) -> dict:
+        return {"model": self.model, "text": self.text, "score": self.score,
+                **({"correct": self.correct} if self.correct is not None else {})}
+
+
+def ranked(candidates: list[Candidate]) -> list[Candidate]:
+    """Best first; ties keep their order."""
+    return sorted(candidates, key=lambda candidate: candidate.rank, reverse=True)
+
+
+def all_fail_verification(candidates: list[Candidate]) -> bool:
+    return bool(candidates) and all(candidate.correct is False for candidate in candidates)
 
 
 def read_scored(paths: Sequence[str | Path]) -> dict[str, tuple[dict, list[Candidate]]]:
@@ -46,12 +67,17 @@ def read_scored(paths: Sequence[str | Path]) -> dict[str, tuple[dict, list[Candi
             scores = field_of(row, "scores", fail)
             if not isinstance(scores, list) or len(scores) != len(row["responses"]):
                 fail("'scores' must hold one number per response")
+            verification = row.get("verification", [None] * len(scores))
+            if not isinstance(verification, list) or len(verification) != len(scores):
+                fail("'verification' must hold one number per response")
             key = str(row["prompt_id"])
             first_row, candidates = by_prompt.get(key, (row, []))
             if any(c.model == row["model"] for c in candidates):
                 fail(f"model {row['model']!r} is scored twice for prompt {key!r}")
-            candidates = candidates + [Candidate(row["model"], text, float(score))
-                                       for text, score in zip(row["responses"], scores, strict=True) if text.strip()]
+            candidates = candidates + [Candidate(row["model"], text, float(score),
+                                                 None if verified is None else verified == 1.0)
+                                       for text, score, verified in zip(row["responses"], scores, verification,
+                                                                        strict=True) if text.strip()]
             by_prompt[key] = (first_row, candidates)
     return by_prompt
 
@@ -99,18 +125,21 @@ def _deciles(values: list[float]) -> list[float]:
     return [cuts[0], statistics.median(values), cuts[-1]]
 
 
-class SplitSettings(BaseModel):
+class SplitSettings(Settings):
     """How `build sft` splits the prompts: a recipe's `split:` section and the command's flags."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    ADDED: ClassVar[tuple[str, ...]] = ("sft_fraction_by_category",)
 
     sft_fraction: float = Field(default=1 / 3, ge=0, le=1, description=(
         "Share of prompts for SFT (a stable split by prompt id)."))
     seed: int = Field(default=42, description="Seed of the split.")
+    sft_fraction_by_category: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description='Share for SFT of the prompts of a category: {"chinese": 1.0}.')
 
 
 def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_output: str | Path, *,
-              sft_fraction: float = 1 / 3, seed: int = 42) -> BuildSummary:
+              sft_fraction: float = 1 / 3, seed: int = 42,
+              sft_fraction_by_category: dict[str, float] | None = None) -> BuildSummary:
     if not 0 <= sft_fraction <= 1:
         raise InputError(f"sft_fraction must lie in [0, 1], got {sft_fraction}")
     summary = BuildSummary("source responses; y_ws = the best-scored over all sources",
@@ -124,17 +153,23 @@ def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_o
         if not candidates:
             dropped["prompts without a non-empty source response"] += 1
             continue
-        ranked = sorted(candidates, key=lambda c: -c.score)  # stable: ties keep file order
-        best = ranked[0]
+        if all_fail_verification(candidates):
+            dropped["prompts whose source responses all fail verification"] += 1
+            continue
+        best_first = ranked(candidates)
+        best = best_first[0]
         summary.wins[best.model] += 1
-        if in_sft_split(prompt_id, sft_fraction, seed):
+        category = (row.get("meta") or {}).get("category")
+        fraction = (sft_fraction_by_category or {}).get(str(category), sft_fraction) if category is not None \
+            else sft_fraction
+        if in_sft_split(prompt_id, fraction, seed):
             sft_rows.append({"prompt_id": prompt_id, "prompt": row["prompt"], "response": best.text,
                              "meta": {"source_model": best.model, "score": best.score}})
         else:
             # The prompt row's other fields go along: the target is sampled from this file, and a
             # verifiable scorer reads its gold answer or tests from them.
             preference_rows.append({**row.get("meta", {}), "prompt_id": prompt_id, "prompt": row["prompt"],
-                                    "source_responses": [vars(c) for c in ranked]})
+                                    "source_responses": [c.as_row() for c in best_first]})
     write_jsonl_atomically(sft_output, sft_rows)
     write_jsonl_atomically(preference_output, preference_rows)
     summary.rows_written = {"SFT rows": len(sft_rows), "preference prompts": len(preference_rows)}
@@ -154,10 +189,10 @@ def read_preference_prompts(path: str | Path) -> list[tuple[int, dict]]:
     return rows
 
 
-class PairSettings(BaseModel):
+class PairSettings(Settings):
     """How `build pairs` makes quadruples: a recipe's `pairs:` section and the command's flags."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    ADDED: ClassVar[tuple[str, ...]] = ("same_source", "min_reward_gap", "max_reward_gap", "target_samples")
 
     top_k_sources: int = Field(default=1, ge=1, description="Source responses kept per prompt, best first.")
     same_source: bool = Field(default=False, description=(
@@ -183,12 +218,15 @@ class PairSettings(BaseModel):
 
 def same_source_pair(candidates: list[dict], low: float, high: float) -> tuple[dict, dict] | None:
     """(best, worst) response of the source whose best scores highest among the sources with at least
-    two responses and a best-worst gap in [low, high]; None when no source qualifies."""
+    two responses and a best-worst reward gap in [low, high]; where they were verified, the best must be
+    correct and the worst incorrect (FuseChat-3.0's math and code pairs: the correct answer with the highest
+    reward against the incorrect one with the lowest). None when no source qualifies."""
     by_model: dict[str, list[dict]] = defaultdict(list)
     for candidate in candidates:  # best first, so each model's list is too
         by_model[candidate["model"]].append(candidate)
     pairs = [(own[0], own[-1]) for own in by_model.values()
-             if len(own) > 1 and low <= own[0]["score"] - own[-1]["score"] <= high]
+             if len(own) > 1 and low <= own[0]["score"] - own[-1]["score"] <= high
+             and own[0].get("correct") is not False and own[-1].get("correct") is not True]
     return max(pairs, key=lambda pair: pair[0]["score"], default=None)
 
 
@@ -230,32 +268,46 @@ def _target_quadruple(row: dict, samples: list[Candidate], top_k_sources: int, d
     if len(samples) < 2:
         dropped["prompts with fewer than 2 target samples"] += 1
         return None
-    best = max(samples, key=lambda c: c.score)
-    worst = min(samples, key=lambda c: c.score)
-    if best.score == worst.score:
+    if all_fail_verification(samples):
+        dropped["prompts whose target samples all fail verification"] += 1
+        return None
+    best_first = ranked(samples)
+    best, worst = best_first[0], best_first[-1]
+    if best.rank == worst.rank:
         dropped["prompts whose target samples all score the same"] += 1
         return None
     return {"prompt_id": row["prompt_id"], "prompt": row["prompt"],
             "chosen_source": [s["text"] for s in sources], "chosen_target": best.text, "rejected": worst.text,
             "meta": {"source_models": [s["model"] for s in sources], "source_scores": [s["score"] for s in sources],
-                     "target_model": best.model, "chosen_target_score": best.score, "rejected_score": worst.score}}
+                     "target_model": best.model, "chosen_target_score": best.score, "rejected_score": worst.score,
+                     **_correctness(sources[0], best.as_row(), worst.as_row())}}
 
 
 def _same_source_quadruple(row: dict, samples: list[Candidate], with_target: bool, low: float, high: float,
                            dropped: Counter) -> dict | None:
     pair = same_source_pair(row["source_responses"], low, high)
     if pair is None:
-        dropped[f"prompts without a source whose best-worst reward gap lies in [{low:g}, {high:g}]"] += 1
+        verified = "correct" in row["source_responses"][0]
+        dropped[f"prompts without a source {'with a correct and an incorrect response ' if verified else ''}"
+                f"whose best-worst reward gap lies in [{low:g}, {high:g}]"] += 1
         return None
     chosen, rejected = pair
     if with_target and not samples:
         dropped["prompts without a target sample"] += 1
         return None
-    target = max(samples, key=lambda c: c.score) if with_target else Candidate(chosen["model"], chosen["text"],
-                                                                               chosen["score"])
+    target = ranked(samples)[0] if with_target else Candidate(chosen["model"], chosen["text"], chosen["score"],
+                                                              chosen.get("correct"))
     return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "chosen_source": [chosen["text"]],
             "chosen_target": target.text, "rejected": rejected["text"],
             "meta": {"source_models": [chosen["model"]], "source_scores": [chosen["score"]],
                      "target_model": target.model, "chosen_target_score": target.score,
                      "rejected_model": rejected["model"], "rejected_score": rejected["score"],
-                     "pairing": "same-source"}}
+                     "pairing": "same-source", **_correctness(chosen, target.as_row(), rejected)}}
+
+
+def _correctness(source: dict, target: dict, rejected: dict) -> dict:
+    """What verification said of a quadruple's responses, where it was verified."""
+    if "correct" not in source:
+        return {}
+    return {"source_correct": [source["correct"]], "chosen_target_correct": target.get("correct"),
+            "rejected_correct": rejected.get("correct")}

@@ -6,6 +6,7 @@ the turns stay in meta for multi-turn answering."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ class PromptRow:
     prompt: Prompt
     line: int
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def category(self) -> str | None:
+        """The row's "category" field, which per-category settings (sampling, scoring) go by."""
+        category = self.meta.get("category")
+        return None if category is None else str(category)
 
 
 def read_prompts(path: str | Path) -> list[PromptRow]:
@@ -40,3 +47,17 @@ def read_prompts(path: str | Path) -> list[PromptRow]:
     if not rows:
         raise InputError("no prompts", path)
     return rows
+
+
+def check_held_out(training: Path, held_out: Path) -> None:
+    """No held-out prompt may be a training prompt, by id or by text: a variant would be judged on
+    what it learnt."""
+    seen = {}
+    for row in read_prompts(training):
+        seen[row.prompt_id] = seen[json.dumps(row.prompt, sort_keys=True)] = row.line
+    for row in read_prompts(held_out):
+        for key in (row.prompt_id, json.dumps(row.prompt, sort_keys=True)):
+            if key in seen:
+                raise InputError(f"held-out prompt {row.prompt_id!r} is also the training prompt of line "
+                                 f"{seen[key]} of {training}: the held-out prompts must be disjoint from training",
+                                 held_out, row.line)

@@ -47,7 +47,9 @@ def better_response(quadruple: dict) -> str:
     if "chosen_target_score" not in meta or not meta.get("source_scores"):
         raise InputError(f"quadruple {quadruple['prompt_id']!r} has no scores in its meta (chosen_target_score, "
                          "source_scores): the rft variant needs them to pick the better response")
-    better_target = meta["chosen_target_score"] > meta["source_scores"][0]
+    # Verified responses (a category with a verifier) rank by correctness first, as build sft ranked them.
+    source = (meta.get("source_correct", [None])[0] is not False, meta["source_scores"][0])
+    better_target = (meta.get("chosen_target_correct") is not False, meta["chosen_target_score"]) > source
     return quadruple["chosen_target"] if better_target else quadruple["chosen_source"][0]
 
 

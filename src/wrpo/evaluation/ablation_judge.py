@@ -71,9 +71,7 @@ def judge_and_report(spec: ReportSpec, write: bool = True) -> AblationResult:
 def judge(spec: ReportSpec) -> tuple[dict[str, ModelResult], dict[str, dict[int, ModelResult]]]:
     """Greedy answers of the target, target-sft and every run, judged."""
     settings = GREEDY.model_copy(update={"max_new_tokens": spec.max_new_tokens})
-    # The models trained here, which no server holds, answer on the target's engine, or through hf when the
-    # target is behind a server.
-    local = spec.target_backend if spec.target_backend.backend != "openai" else BackendSettings()
+    local = spec.target_backend.local()  # the models trained here
 
     def evaluated(label: str, model: Path | str, backend: BackendSettings = local) -> ModelResult:
         return evaluate_model(label, str(model), spec.eval_prompts, spec.reward.scorer, spec.output / "eval",

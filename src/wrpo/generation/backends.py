@@ -64,6 +64,7 @@ class HFGenerator:
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
                 do_sample=sampling, temperature=settings.temperature if sampling else None,
                 top_p=settings.top_p if sampling else None, top_k=0 if sampling else None,
+                repetition_penalty=settings.repetition_penalty,
                 num_return_sequences=copies, pad_token_id=self.stop_ids[0] if self.stop_ids else pad,
                 eos_token_id=self.stop_ids)
         texts = [self.tokenizer.decode(self._until_stop(ids), skip_special_tokens=True)
@@ -123,7 +124,8 @@ class VLLMGenerator:
         # Seeded per prompt (vLLM gives each request its own generator): a prompt's samples do not
         # depend on the batch it is in.
         params = [SamplingParams(n=copies, temperature=settings.temperature, top_p=settings.top_p,
-                                 max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key))
+                                 repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_new_tokens,
+                                 seed=prompt_seed(settings.seed, key))
                   for key in prompt_keys]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
         return [[completion.text for completion in output.outputs] * (settings.n // copies) for output in outputs]
@@ -183,11 +185,16 @@ class OpenAIGenerator:
     def _samples(self, messages: list[dict[str, str]], key: str, settings: SamplingSettings) -> list[str]:
         # Greedy answers are all the same (and vllm serve refuses n > 1 when greedy): ask once, copy.
         wanted = settings.n if settings.temperature > 0 else 1
+        # Not a parameter of OpenAI's API: vLLM's and SGLang's servers take it as an extra field of the request;
+        # sent only when asked for, so that a hosted API is not sent a field it may refuse.
+        penalty = ({"extra_body": {"repetition_penalty": settings.repetition_penalty}}
+                   if settings.repetition_penalty != 1.0 else {})
         texts: list[str] = []
         while len(texts) < wanted:
             response = with_retries(lambda have=len(texts): self.client.chat.completions.create(
                 model=self.model, messages=messages, n=wanted - have, temperature=settings.temperature,
-                top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + have))
+                top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=prompt_seed(settings.seed, key) + have,
+                **penalty))
             texts += [choice.message.content or "" for choice in response.choices]
         return texts[:wanted] * (settings.n // wanted)
 

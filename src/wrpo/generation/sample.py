@@ -3,9 +3,10 @@ Responses are written without the white space a chat template makes models put a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
-from wrpo.data.prompts import read_prompts
+from wrpo.data.prompts import PromptRow, read_prompts
 from wrpo.data.resumable import ResumableJsonl
 from wrpo.errors import InputError
 from wrpo.generation.backends import make_generator
@@ -17,25 +18,29 @@ from wrpo.stop_request import stop_if_requested
 
 def sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings = SamplingSettings(), *,
            backend: BackendSettings = BackendSettings(), shard: tuple[int, int] = (0, 1),
-           name: str | None = None) -> Path:
+           name: str | None = None, categories: Collection[str] | None = None) -> Path:
     """Writes one row per prompt: prompt_id, prompt, model, responses, generation settings.
 
     Prompts are generated longest first in batches of similar length; rows are flushed per batch,
     and a rerun after a crash (with the same settings) continues where the last complete row left
     off. With the hf backend samples depend on the batches, hence on settings.batch_size; not on `shard`,
-    which takes every N-th batch of the whole run.
+    which takes every N-th batch of the whole run. `categories`: only the prompts of these categories.
     Holds OUTPUT's lock while it writes: a second run on the same output stops with an InputError."""
     with output_lock(output):
-        return _sample(model, prompts, output, settings, backend, shard, name)
+        return _sample(model, prompts, output, settings, backend, shard, name, categories)
 
 
 def _sample(model: str, prompts: str | Path, output: str | Path, settings: SamplingSettings, backend: BackendSettings,
-            shard: tuple[int, int], name: str | None) -> Path:
+            shard: tuple[int, int], name: str | None, categories: Collection[str] | None) -> Path:
     writer = ResumableJsonl(output, key=lambda row: row["prompt_id"])
     if writer.complete:
         say(f"{output} is complete: nothing to sample")
         return writer.output
     rows = read_prompts(prompts)
+    if categories is not None:
+        rows = [row for row in rows if row.category in categories]
+        if not rows:
+            raise InputError(f"no prompt has one of the categories {', '.join(sorted(categories))}", prompts)
     done = writer.done()
     model_name = name or Path(model).name
     generation = {**settings.model_dump(), "backend": backend.backend}
@@ -68,14 +73,28 @@ def _sample(model: str, prompts: str | Path, output: str | Path, settings: Sampl
                 if not missing:
                     continue
                 stop_if_requested()
-                responses = generator.generate([ids[row.prompt_id] for row in batch],
-                                               [row.prompt_id for row in batch], settings)
+                responses = {}
+                # The prompts of a category with settings of its own are generated apart (a batch of hf's
+                # generate has one n, one temperature); the batches stay those of the whole run.
+                for group_settings, group in by_settings(batch, settings):
+                    texts = generator.generate([ids[row.prompt_id] for row in group],
+                                               [row.prompt_id for row in group], group_settings)
+                    responses.update(zip((row.prompt_id for row in group), texts, strict=True))
                 writer.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "model": model_name,
-                               "responses": [normalise_response(text) for text in texts], "generation": generation,
-                               **({"meta": row.meta} if row.meta else {})}
-                              for row, texts in zip(batch, responses, strict=True) if row.prompt_id not in done)
+                               "responses": [normalise_response(text) for text in responses[row.prompt_id]],
+                               "generation": generation, **({"meta": row.meta} if row.meta else {})}
+                              for row in batch if row.prompt_id not in done)
                 progress.advance(task, len(missing))
     return writer.finish({row.prompt_id for row in rows})
+
+
+def by_settings(batch: list[PromptRow], settings: SamplingSettings) -> list[tuple[SamplingSettings, list[PromptRow]]]:
+    """The batch's prompts grouped by the settings their category gives them, in the batch's order."""
+    groups: dict[str | None, tuple[SamplingSettings, list[PromptRow]]] = {}
+    for row in batch:
+        category = row.category if row.category in settings.by_category else None
+        groups.setdefault(category, (settings.for_category(category), []))[1].append(row)
+    return list(groups.values())
 
 
 def normalise_response(text: str) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, SerializeAsAny, field_validator
 from wrpo.data.construct import PairSettings, SplitSettings
 from wrpo.data.variant_data import VariantDataSpec, write_variant_data
 from wrpo.evaluation.ablation_judge import ReportSpec, judge_and_report
+from wrpo.evaluation.checkpoint_choice import CheckpointChoiceSpec, choose_checkpoint, describe_choice, read_choice
 from wrpo.files import missing_module
 from wrpo.generation.settings import BackendSettings, SamplingSettings
 from wrpo.pipeline.layout import Workdir
@@ -40,6 +41,7 @@ class SampleSpec(Spec):
     name: str                     # the model's name in the rows
     sampling: SamplingSettings
     backend: BackendSettings
+    categories: list[str] | None = None  # the prompt categories it answers; None: all
 
     def devices(self) -> int:
         """Devices of one shard: a server holds its own."""
@@ -50,14 +52,14 @@ def _sample(spec: SampleSpec, shard: Shard) -> str:
     from wrpo.generation.sample import sample
 
     written = sample(spec.model, spec.prompts, spec.output, spec.sampling, backend=spec.backend, shard=shard,
-                     name=spec.name)
+                     name=spec.name, categories=spec.categories)
     return f"wrote {written}"
 
 
 def _sampled_with(spec: SampleSpec) -> dict:
     options = spec.backend.options
     return {"sampling": spec.sampling.model_dump(), "backend": spec.backend.backend, "name": spec.name,
-            **({"options": options} if options else {})}
+            **({"options": options} if options else {}), **({"categories": spec.categories} if spec.categories else {})}
 
 
 class ScoreSpec(Spec):
@@ -73,7 +75,7 @@ def _score(spec: ScoreSpec, shard: Shard) -> str:
     from wrpo.reward.score import score
 
     written = score(spec.responses, spec.reward.scorer, spec.output, batch_size=spec.reward.batch_size,
-                    trust_remote_code=spec.reward.trust_remote_code, shard=shard)
+                    trust_remote_code=spec.reward.trust_remote_code, shard=shard, verifiers=spec.reward.verifiers)
     return f"wrote {written}"
 
 
@@ -102,11 +104,6 @@ def _build_pairs(spec: BuildPairsSpec):
 
     return build_pairs(spec.preference_prompts, spec.target_scores, spec.output,
                        **spec.pairs.model_dump(exclude={"target_samples"}))
-
-
-def _pairs_settings(spec: BuildPairsSpec) -> dict:
-    # The defaults left out: a recipe without FuseChat's options keeps its fingerprint.
-    return {"top_k_sources": spec.pairs.top_k_sources, **spec.pairs.model_dump(exclude_defaults=True)}
 
 
 class TrainingSpec(Spec):
@@ -168,6 +165,15 @@ def _ablation_report(spec: ReportSpec) -> str:
     return f"report: {judge_and_report(spec).folder / 'report.md'}"
 
 
+def _choose_checkpoint(spec: CheckpointChoiceSpec) -> str:
+    return describe_choice(choose_checkpoint(spec))
+
+
+def _chosen(spec: CheckpointChoiceSpec) -> str | None:
+    choice = read_choice(spec.output)
+    return describe_choice(choice) if choice else None
+
+
 def _spec_settings(spec: BaseModel) -> dict:
     return spec.model_dump(mode="json")
 
@@ -181,17 +187,20 @@ class StageKind:
     resources: str                      # its key in a recipe's resources.stages
     settings: Callable[[BaseModel], dict] = _spec_settings  # what decides its outputs beside its inputs' content
     config_class: Callable | None = None  # launch: the training config class (imported when asked for)
+    outcome: Callable[[BaseModel], str | None] | None = None  # what `wrpo status` says of it once done
 
 
 KINDS = {kind.name: kind for kind in (
     StageKind("sample", SampleSpec, _sample, "shards", "sample", _sampled_with),
     StageKind("score", ScoreSpec, _score, "shards", "score", lambda spec: spec.reward.model_dump()),
     StageKind("build-sft", BuildSFTSpec, _build_sft, "one", "build", lambda spec: spec.split.model_dump()),
-    StageKind("build-pairs", BuildPairsSpec, _build_pairs, "one", "build", _pairs_settings),
+    StageKind("build-pairs", BuildPairsSpec, _build_pairs, "one", "build", lambda spec: spec.pairs.model_dump()),
     StageKind("sft", TrainingSpec, _sft, "launch", "sft", lambda spec: spec.settings, _sft_config),
     StageKind("wrpo", TrainingSpec, _wrpo, "launch", "wrpo", lambda spec: spec.settings, _wrpo_config),
     StageKind("variant-data", VariantDataSpec, _variant_data, "one", "build"),
     StageKind("ablation-report", ReportSpec, _ablation_report, "one-device", "score"),
+    StageKind("choose-checkpoint", CheckpointChoiceSpec, _choose_checkpoint, "one-device", "score",
+              outcome=_chosen),
 )}
 RESOURCE_KEYS = tuple(dict.fromkeys(kind.resources for kind in KINDS.values()))
 
@@ -227,6 +236,7 @@ class Stage(BaseModel):
     def unreadable(self) -> str | None:
         """What keeps its inputs from being fingerprinted here, in words: a scorer whose module cannot be
         imported (a shell without the recipe's PYTHONPATH). None when they can be."""
-        function = getattr(getattr(self.spec, "reward", None), "function", None)
-        module = missing_module(function) if function else None
+        reward = getattr(self.spec, "reward", None)
+        functions = [reward.function, *reward.verifiers.values()] if reward is not None else []
+        module = next(filter(None, (missing_module(function) for function in functions if function)), None)
         return f"its scorer's module {module} cannot be imported here" if module else None

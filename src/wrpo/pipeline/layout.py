@@ -51,6 +51,11 @@ class Workdir:
         """The model a training section of the recipe (sft, wrpo) makes."""
         return {"sft": self.target_sft, "wrpo": self.target_wrpo}[section]
 
+    def chosen(self, section: str) -> Path:
+        """The checkpoint of a training section's run chosen by held-out reward (a recipe's checkpoint_choice)."""
+        trained = self.trained(section)
+        return trained.with_name(f"{trained.name}-chosen")
+
     # `wrpo ablate`: its data, one model per variant and seed, the evaluation and the report.
     @property
     def ablation(self) -> Path:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from wrpo.data.construct import PairSettings, SplitSettings
 from wrpo.errors import InputError
-from wrpo.generation.settings import BackendSettings, SamplingSettings
+from wrpo.generation.settings import BackendSettings, ModelSampling, SamplingSettings
 from wrpo.pipeline.kinds import KINDS
 from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.placement import SlurmOptions, distributed_type
@@ -26,6 +26,8 @@ class ModelSpec(BackendSettings):
 
     name: str = Field(description="Label used in file names and reports.")
     model: str = Field(description="A model folder or Hub id (openai: the model's name on the server).")
+    sampling: ModelSampling | None = Field(default=None, description=(
+        "This model's own sampling settings, each over the recipe's (by_category: category by category)."))
 
     @field_validator("name")
     @classmethod
@@ -33,6 +35,11 @@ class ModelSpec(BackendSettings):
         if not name or any(c in name for c in "/\\:") or name.startswith("."):
             raise ValueError(f"name {name!r} must be usable as a file name")
         return name
+
+
+class SourceSpec(ModelSpec):
+    categories: list[str] | None = Field(default=None, min_length=1, description=(
+        "The prompt categories this source answers [all]: FuseChat-3.0 samples math from a math model only."))
 
 
 class AblationSpec(Strict):
@@ -45,6 +52,21 @@ class AblationSpec(Strict):
     variants: list[str] | None = Field(default=None, description="Variants to train [all]; see `wrpo ablate --help`.")
     max_new_tokens: int | None = Field(default=None, ge=1, description=(
         "Longest greedy answer in the evaluation [sampling.max_new_tokens]."))
+    batch_size: int = Field(default=16, ge=1, description="Prompts per answering batch, responses per judging batch.")
+
+
+class CheckpointChoice(Strict):
+    """FuseChat-3.0's checkpoint choice: a training run keeps a checkpoint every `save_steps` (its section's
+    setting), and the best of its last few by the recipe's judge on held-out prompts is the model that goes on."""
+
+    stages: list[Literal["sft", "wrpo"]] = Field(default=["wrpo"], min_length=1, description=(
+        "Training stages whose checkpoint is chosen; the chosen model is models/NAME-chosen, and what follows "
+        "(wrpo after sft) starts from it."))
+    last: int = Field(default=2, ge=1, description="Choose among this many last checkpoints.")
+    eval_prompts: Path = Field(description=(
+        "Held-out prompts the checkpoints are judged on; none may be a training prompt. Relative to the recipe."))
+    max_new_tokens: int | None = Field(default=None, ge=1, description=(
+        "Longest greedy answer [sampling.max_new_tokens]."))
     batch_size: int = Field(default=16, ge=1, description="Prompts per answering batch, responses per judging batch.")
 
 
@@ -94,18 +116,17 @@ class Resources(Strict):
 class Recipe(Strict):
     workdir: Path = Field(description="Every stage writes below here; relative to the recipe file.")
     prompts: Path = Field(description="Prompt file (JSONL, Parquet or datasets folder); relative to the recipe.")
-    sources: list[ModelSpec] = Field(min_length=1)
+    sources: list[SourceSpec] = Field(min_length=1)
     target: ModelSpec
     reward: RewardSettings
     sampling: SamplingSettings = SamplingSettings()
-    target_sampling: SamplingSettings | None = Field(default=None,
-                                                     description="Sampling of target-sft; default: sampling.")
     split: SplitSettings = SplitSettings()
     pairs: PairSettings = PairSettings()
     sft: dict[str, Any] = Field(default_factory=dict, description="WRPOSFTConfig fields (or `wrpo sft` flag names).")
     wrpo: dict[str, Any] = Field(default_factory=dict, description="WRPOConfig fields (or `wrpo train` flag names).")
     resources: Resources = Resources()
     ablation: AblationSpec | None = None
+    checkpoint_choice: CheckpointChoice | None = None
     _source: tuple[Path | None, Any] = PrivateAttr(default=(None, None))  # its file and YAML node
 
     def line(self, *location) -> int | None:
@@ -122,7 +143,7 @@ class Recipe(Strict):
 
     @field_validator("sources")
     @classmethod
-    def distinct_names(cls, sources: list[ModelSpec]) -> list[ModelSpec]:
+    def distinct_names(cls, sources: list[SourceSpec]) -> list[SourceSpec]:
         names = [source.name for source in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be distinct, got {names}")
@@ -149,6 +170,8 @@ def load_recipe(path: str | Path) -> Recipe:
         "resources": resolved_resources(recipe, path, node),
         "ablation": recipe.ablation and recipe.ablation.model_copy(update={
             "eval_prompts": base / recipe.ablation.eval_prompts}),
+        "checkpoint_choice": recipe.checkpoint_choice and recipe.checkpoint_choice.model_copy(update={
+            "eval_prompts": base / recipe.checkpoint_choice.eval_prompts}),
     })
     return recipe.model_copy(update={section: training_settings(recipe, section, path, node)
                                      for section in TRAINING_SECTIONS})
@@ -196,6 +219,15 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
                          "which sets DeepSpeed up already; give DeepSpeed its settings one way: remove this key, "
                          "or launch with an accelerate config that does not use DeepSpeed", path,
                          lines.get("deepspeed"))
+    choice = recipe.checkpoint_choice
+    if choice is not None and section in choice.stages:
+        for name, fits in (("save_strategy", lambda value: value == "steps"),
+                           ("save_total_limit", lambda value: value is None or value >= choice.last)):
+            value = section_setting(section, values, name)
+            if not fits(str(value) if name == "save_strategy" else value):
+                raise InputError(f"{section}.{name}: {value} keeps too few checkpoints for checkpoint_choice, which "
+                                 f"chooses among the last {choice.last} saved every save_steps", path,
+                                 lines.get(name))
     if section == "wrpo":
         top_k = values.setdefault("top_k_sources", recipe.pairs.top_k_sources)
         if top_k != recipe.pairs.top_k_sources:

@@ -11,7 +11,7 @@ from pathlib import Path
 from wrpo.errors import InputError
 from wrpo.locks import output_lock
 from wrpo.pipeline.executor import Executor
-from wrpo.pipeline.kinds import Stage
+from wrpo.pipeline.kinds import KINDS, Stage
 from wrpo.pipeline.layout import Workdir
 from wrpo.pipeline.local import LocalExecutor
 from wrpo.pipeline.plan import plan
@@ -71,6 +71,7 @@ def recipe_status(recipe_path: str | Path, executors: Sequence[Executor] | None 
     recipe = load_recipe(recipe_path)
     layout = recipe.layout
     stages = plan(recipe)
+    planned = {stage.name: stage for stage in stages}
     decisions = decide(stages)
     done = {name: decision.action == "skip" for name, decision in decisions.items()}
     known: dict[str, StageState] = {}
@@ -86,8 +87,10 @@ def recipe_status(recipe_path: str | Path, executors: Sequence[Executor] | None 
         decision = decisions.get(name)
         if state is not None and state.state in ("running", "queued"):  # a finished stage's job may still be ending
             states.append(state)
-        elif finished:  # with what the executor knows of how it ran
-            states.append(StageState(name, "done", state.detail if state is not None and state.state == "done" else ""))
+        elif finished:  # with what the executor knows of how it ran, and what the stage made
+            said = [state.detail if state is not None and state.state == "done" else "",
+                    stage_outcome(planned[name]) if name in planned else None]
+            states.append(StageState(name, "done", "; ".join(filter(None, said))))
         elif manifest.get("complete") and decision is not None and decision.action == "unknown":
             states.append(StageState(name, "unchecked", decision.why))
         elif manifest.get("complete") and decision is not None and decision.action == "redo":
@@ -99,3 +102,9 @@ def recipe_status(recipe_path: str | Path, executors: Sequence[Executor] | None 
         else:
             states.append(state or StageState(name, "pending"))
     return states
+
+
+def stage_outcome(stage: Stage) -> str | None:
+    """What a finished stage made, in words, where its kind says (the checkpoint a choice took)."""
+    outcome = KINDS[stage.kind].outcome
+    return outcome(stage.spec) if outcome is not None else None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from wrpo.data.resumable import ResumableJsonl, model_prompt_key
@@ -12,25 +14,28 @@ from wrpo.data.samples import read_sample_rows
 from wrpo.errors import InputError
 from wrpo.locks import output_lock
 from wrpo.progress import say, stage_progress
-from wrpo.reward.scorers import load_scorer
+from wrpo.reward.scorers import FunctionScorer, load_scorer
 from wrpo.stop_request import stop_if_requested
 
 
 def score(responses: Sequence[str | Path], scorer: str, output: str | Path, *, batch_size: int = 16,
           trust_remote_code: bool = False, device: str | None = None, skip_failures: bool = False,
-          shard: tuple[int, int] = (0, 1)) -> Path:
+          shard: tuple[int, int] = (0, 1), verifiers: dict[str, str] | None = None) -> Path:
     """Writes each input row with "scores" (one per response) to `output`. A scorer that raises or
     returns a non-finite number stops the run with an error naming the row; every row scored before
     it is kept, and a rerun continues from there. With skip_failures, such a row is written with
     "scores": null and its "error" instead, and scoring goes on. `shard` (I, N) scores every N-th
     row of each input, starting at the I-th, for one of N processes; `wrpo merge` joins the shards.
+    `verifiers` (category -> "module:function"): the rows of those categories (their meta's "category")
+    also get "verification", the verifier's value per response (1.0: correct), checked as scores are.
     Holds OUTPUT's lock while it writes: a second run on the same output stops with an InputError."""
     with output_lock(output):
-        return _score(responses, scorer, output, batch_size, trust_remote_code, device, skip_failures, shard)
+        return _score(responses, scorer, output, batch_size, trust_remote_code, device, skip_failures, shard,
+                      verifiers or {})
 
 
 def _score(responses: Sequence[str | Path], scorer: str, output: str | Path, batch_size: int, trust_remote_code: bool,
-           device: str | None, skip_failures: bool, shard: tuple[int, int]) -> Path:
+           device: str | None, skip_failures: bool, shard: tuple[int, int], verifiers: dict[str, str]) -> Path:
     writer = ResumableJsonl(output, key=model_prompt_key)
     if writer.complete:
         say(f"{output} is complete: nothing to score")
@@ -51,22 +56,27 @@ def _score(responses: Sequence[str | Path], scorer: str, output: str | Path, bat
                 todo.append((path, line, row))
     if todo:
         score_rows = load_scorer(scorer, trust_remote_code=trust_remote_code, device=device)
-        with stage_progress(f"scoring with {score_rows.name}") as progress:
+        verify = {category: FunctionScorer(function) for category, function in verifiers.items()}
+        # Verifiers run code in child processes (code_tests) and wait on them: threads keep the cores busy.
+        with (stage_progress(f"scoring with {score_rows.name}") as progress,
+              ThreadPoolExecutor(os.cpu_count() or 1) as pool):
             task = progress.add_task("", total=len(todo))
 
             def flush(batch: list[tuple[Path, int, dict]]) -> None:
                 stop_if_requested()
                 scored = _score_batch(batch, score_rows)
-                if scored is None:  # one row at a time, so every row before a bad one is kept
-                    for path, line, row in batch:
-                        try:
-                            writer.append([_score_row(path, line, row, score_rows)])
-                        except InputError as error:
-                            if not skip_failures:
-                                raise
-                            writer.append([{**row, "scores": None, "error": str(error)}])
-                else:
-                    writer.append(scored)
+                verified = _verify_batch(batch, verify, pool)
+                rows = []
+                for index, (path, line, row) in enumerate(batch):
+                    try:
+                        rows.append(_with_verification(path, line, scored[index] if scored is not None
+                                                       else _score_row(path, line, row, score_rows), verified[index]))
+                    except InputError as error:
+                        if not skip_failures:
+                            writer.append(rows)  # every row before the bad one is kept
+                            raise
+                        rows.append({**row, "scores": None, "error": str(error)})
+                writer.append(rows)
                 progress.advance(task, len(batch))
 
             batch: list[tuple[Path, int, dict]] = []
@@ -113,6 +123,40 @@ def _score_row(path, line: int, row: dict, score_rows) -> dict:
             raise InputError(f"scorer {score_rows.name} returned {value!r} for response {index} of prompt "
                              f"{row['prompt_id']!r}", path, line)
     return {**row, "scores": [float(s) for s in scores]}
+
+
+def _verify_batch(batch: list[tuple[Path, int, dict]], verify: dict[str, FunctionScorer],
+                  pool: ThreadPoolExecutor) -> list[tuple[str, list] | None]:
+    """Per row, None when its category has no verifier, else (the verifier's name, per response its value or
+    the exception it raised)."""
+    def one(verifier: FunctionScorer, row: dict, response: str):
+        try:
+            return verifier([row["prompt"]], [response], [_meta(row)])[0]
+        except Exception as error:  # noqa: BLE001 -- a user's verifier may raise anything; named with its row
+            return error
+
+    results: list[tuple[str, list] | None] = []
+    for _, _, row in batch:
+        category = _meta(row).get("category")
+        verifier = verify.get(str(category)) if category is not None else None
+        results.append(None if verifier is None else
+                       (verifier.name, [pool.submit(one, verifier, row, text) for text in row["responses"]]))
+    return [None if result is None else (result[0], [future.result() for future in result[1]])
+            for result in results]
+
+
+def _with_verification(path, line: int, row: dict, verified: tuple[str, list] | None) -> dict:
+    if verified is None:
+        return row
+    name, values = verified
+    for index, value in enumerate(values):
+        if isinstance(value, Exception):
+            raise InputError(f"verifier {name} failed on response {index} of prompt {row['prompt_id']!r} "
+                             f"({type(value).__name__}: {value})", path, line)
+        if not _finite(value):
+            raise InputError(f"verifier {name} returned {value!r} for response {index} of prompt "
+                             f"{row['prompt_id']!r}", path, line)
+    return {**row, "verification": [float(value) for value in values]}
 
 
 def _meta(row: dict) -> dict:

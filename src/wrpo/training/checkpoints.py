@@ -12,17 +12,23 @@ from transformers.trainer_utils import sort_checkpoints
 from wrpo.training.policy import is_peft_model
 
 
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The output folder's last checkpoint whose save finished. Trainer writes a checkpoint file by file, its
-    trainer_state.json last (and not atomically): a folder without that file whole was cut short by a kill
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The output folder's checkpoints whose save finished, oldest first. Trainer writes a checkpoint file by file,
+    its trainer_state.json last (and not atomically): a folder without that file whole was cut short by a kill
     mid-save, and Trainer, given it (get_last_checkpoint would), fails at every later resume."""
-    for checkpoint in reversed(sort_checkpoints(str(output_dir))):
+    complete = []
+    for checkpoint in sort_checkpoints(str(output_dir)):
         try:
             json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())
         except (OSError, ValueError):
             continue
-        return checkpoint
-    return None
+        complete.append(Path(checkpoint))
+    return complete
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    complete = complete_checkpoints(output_dir)
+    return str(complete[-1]) if complete else None
 
 
 class LoadsCheckpointWeightsWithFromPretrained:
