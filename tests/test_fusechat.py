@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import WORDS, read, write_jsonl
+from test_recipe import recipe_file
 from wrpo.cli import app
 from wrpo.data.construct import build_pairs, build_sft
 from wrpo.data.resumable import merge_jsonl, model_prompt_key
@@ -207,28 +208,19 @@ def test_target_pairs_of_a_verified_category_rank_by_correctness_first(tmp_path)
 def fusechat_recipe(tmp_path: Path, zoo) -> Path:
     """FuseChat-3.0's shape on the tiny zoo: per-source and per-category sampling, a judge with verifiers, same-source
     pairs without target samples, and the WRPO run's checkpoint chosen among its last two."""
-    mixed_prompts(tmp_path / "prompts.jsonl", 18, tests=("assert True",))  # correct: any code that runs
     write_jsonl(tmp_path / "heldout.jsonl", [{"prompt_id": f"h{index}", "prompt": f"reverse {word}x"}
                                              for index, word in enumerate(WORDS[:4])])
-    recipe = {
-        "workdir": "work", "prompts": "prompts.jsonl",
-        "sources": [{"name": "llama-char", "model": str(zoo["llama-char"])},
-                    {"name": "gpt2-bpe", "model": str(zoo["gpt2-bpe"]), "categories": ["chat", "math"],
-                     "sampling": {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.05}}],
-        "target": {"name": "qwen2-bpe", "model": str(zoo["qwen2-bpe"])},
-        "reward": {"function": "scorers:reversal_similarity",
-                   "verifiers": {"math": "scorers:even_length", "code": CODE}},
-        "sampling": {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 6,
-                     "by_category": {"code": {"n": 4}}},
-        "split": {"sft_fraction": 0.4, "seed": 1, "sft_fraction_by_category": {"chat": 0.0}},
-        "pairs": {"same_source": True, "min_reward_gap": 0.0, "max_reward_gap": 1.0, "target_samples": False},
-        "sft": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_length": 64},
-        "wrpo": {"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
-                 "loss": "ln_dpo", "beta": 10.0, "max_length": 64, "max_prompt_length": 32},
-        "checkpoint_choice": {"eval_prompts": "heldout.jsonl", "last": 2, "max_new_tokens": 6},
-    }
-    path = tmp_path / "recipe.yaml"
+    path = recipe_file(tmp_path, zoo, max_steps=4, save_steps=2, loss="ln_dpo", beta=10.0)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["sources"][1].update(categories=["chat", "math"],
+                                sampling={"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.05})
+    recipe["reward"]["verifiers"] = {"math": "scorers:even_length", "code": CODE}
+    recipe["sampling"]["by_category"] = {"code": {"n": 6}}
+    recipe["split"] = {"sft_fraction": 0.4, "seed": 1, "sft_fraction_by_category": {"chat": 0.0}}
+    recipe["pairs"] = {"same_source": True, "min_reward_gap": 0.0, "max_reward_gap": 1.0, "target_samples": False}
+    recipe["checkpoint_choice"] = {"eval_prompts": "heldout.jsonl", "last": 2, "max_new_tokens": 6}
     path.write_text(yaml.safe_dump(recipe))
+    mixed_prompts(tmp_path / "prompts.jsonl", 18, tests=("assert True",))  # correct: any code that runs
     return path
 
 
@@ -247,7 +239,7 @@ def test_a_fusechat_recipe_runs_end_to_end_and_chooses_its_checkpoint(zoo, tmp_p
         rows = read(work / "samples" / "sources" / f"{source}.jsonl")
         assert {row["meta"]["category"] for row in rows} == categories and len(rows) == 6 * len(categories)
         for row in rows:
-            assert len(row["responses"]) == (4 if row["meta"]["category"] == "code" else 3)
+            assert len(row["responses"]) == (6 if row["meta"]["category"] == "code" else 4)
             assert own.items() <= row["generation"].items()
     # The judge's scores, with the verifiers' verdicts on math and code.
     scored = [row for source in ("llama-char", "gpt2-bpe") for row in read(work / "scores" / "sources" /
@@ -330,7 +322,7 @@ def test_the_shipped_recipe_is_the_authors_whole_construction_and_its_plan_shows
 def test_a_category_no_prompt_has_is_named_with_its_line(zoo, tmp_path):
     recipe = fusechat_recipe(tmp_path, zoo)
     data = yaml.safe_load(recipe.read_text())
-    data["sampling"]["by_category"] = {"cod": {"n": 4}}
+    data["sampling"]["by_category"] = {"cod": {"n": 6}}
     recipe.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2

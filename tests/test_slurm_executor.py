@@ -3,6 +3,7 @@ job (shards as arrays, training through srun + accelerate launch), chained by de
 returns at once, `wrpo status` follows the jobs, and the result equals the local run. A failed job is
 reported with its log, the jobs after it are cancelled, never left pending."""
 
+import json
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import scorers_env
+from test_fusechat import fusechat_recipe
 from test_recipe import recipe_file
 from test_scale import RECIPES, rows_by_id, weights, with_resources
 from wrpo.cli import app
@@ -109,3 +111,16 @@ def test_a_failed_job_is_reported_and_the_jobs_after_it_are_cancelled(zoo, tmp_p
     assert states["wrpo"].state == "failed" and "cancelled" in states["wrpo"].detail
     status = CliRunner().invoke(app, ["status", str(path)])
     assert status.exit_code == 0 and "failed" in status.output
+
+
+def test_a_fusechat_recipe_chooses_its_checkpoint_in_a_job_and_status_says_which(zoo, tmp_path, slurm_env,
+                                                                                  scorers_in_jobs):
+    recipe = with_resources(fusechat_recipe(tmp_path, zoo), {"slurm": {"partition": slurm_env.partition,
+                                                                       "time": "30:00"}})
+    result = CliRunner().invoke(app, ["run", "--executor", "slurm", str(recipe)])
+    assert result.exit_code == 0, result.output
+    finished = wait_for_jobs(recipe)
+    assert {state.state for state in finished.values()} == {"done"}, finished
+    choice = json.loads((tmp_path / "work" / "models" / "target-sft-wrpo-chosen" / "choice.json").read_text())
+    detail = finished["choose/wrpo"].detail
+    assert detail.startswith("Slurm job ") and f"; chose {choice['chosen']} by mean held-out reward (" in detail
