@@ -374,3 +374,20 @@ def test_the_best_of_the_last_checkpoints_by_held_out_reward_is_chosen_and_copie
     assert chosen.keys() == expected.keys() and all(torch.equal(chosen[k], expected[k]) for k in expected)
     assert not (tmp_path / "chosen" / "optimizer.pt").exists()
     assert json.loads((tmp_path / "chosen" / "choice.json").read_text()) == choice
+
+
+def test_the_commands_take_the_per_category_settings_as_json(zoo, tmp_path):
+    prompts = mixed_prompts(tmp_path / "p.jsonl", 6)
+    sampled = CliRunner().invoke(app, ["sample", "--model", str(zoo["llama-char"]), "--prompts", str(prompts),
+                                       "--output", str(tmp_path / "s.jsonl"), "-n", "2", "--max-new-tokens", "4",
+                                       "--by-category", '{"code": {"n": 3}}', "--categories", "math,code"])
+    assert sampled.exit_code == 0, sampled.output
+    rows = read(tmp_path / "s.jsonl")
+    assert sorted((row["meta"]["category"], len(row["responses"])) for row in rows) == [("code", 3)] * 2 + [
+        ("math", 2)] * 2
+    scored = CliRunner().invoke(app, ["score", "--responses", str(tmp_path / "s.jsonl"), "--reward-model",
+                                      "scorers:reversal_similarity", "--output", str(tmp_path / "v.jsonl"),
+                                      "--verifiers", json.dumps({"math": MATH})])
+    assert scored.exit_code == 0, scored.output
+    assert {row["meta"]["category"]: "verification" in row for row in read(tmp_path / "v.jsonl")} == {
+        "math": True, "code": False}
