@@ -46,11 +46,13 @@ def test_build_pairs_takes_best_and_worst_target_samples_and_drops_ties(tmp_path
         {"prompt_id": pid, "prompt": f"reverse {pid}", "source_responses": [
             {"model": "a", "text": f"best-{pid}", "score": 0.9}, {"model": "b", "text": f"second-{pid}", "score": 0.5}]}
         for pid in ("p1", "p2", "p3")])
-    target = write_jsonl(tmp_path / "t.jsonl", scored_rows("t", {"p1": [0.3, 0.8, 0.1], "p2": [0.4, 0.4, 0.4]}))
+    target = write_jsonl(tmp_path / "t.jsonl", scored_rows("t", {"p1": [0.3, 0.8, 0.1, 0.8, 0.1],
+                                                                "p2": [0.4, 0.4, 0.4]}))
     summary = build_pairs(pref, [target], tmp_path / "q.jsonl", top_k_sources=2)
     quadruples = [q for _, q in iter_quadruples(tmp_path / "q.jsonl")]
     assert len(quadruples) == 1
     q = quadruples[0]
+    # Of samples that score the same, the first is y_wt or y_l.
     assert (q.chosen_source, q.chosen_target, q.rejected) == (["best-p1", "second-p1"], "t-p1-1", "t-p1-2")
     assert q.source_scores == [0.9, 0.5]
     assert summary.dropped == {"prompts whose target samples all score the same": 1,

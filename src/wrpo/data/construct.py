@@ -271,8 +271,8 @@ def _target_quadruple(row: dict, samples: list[Candidate], top_k_sources: int, d
     if all_fail_verification(samples):
         dropped["prompts whose target samples all fail verification"] += 1
         return None
-    best_first = ranked(samples)
-    best, worst = best_first[0], best_first[-1]
+    best = max(samples, key=lambda candidate: candidate.rank)  # of equals, the first (as worst is)
+    worst = min(samples, key=lambda candidate: candidate.rank)
     if best.rank == worst.rank:
         dropped["prompts whose target samples all score the same"] += 1
         return None
@@ -295,7 +295,7 @@ def _same_source_quadruple(row: dict, samples: list[Candidate], with_target: boo
     if with_target and not samples:
         dropped["prompts without a target sample"] += 1
         return None
-    target = ranked(samples)[0] if with_target else Candidate(chosen["model"], chosen["text"], chosen["score"],
+    target = max(samples, key=lambda c: c.rank) if with_target else Candidate(chosen["model"], chosen["text"], chosen["score"],
                                                               chosen.get("correct"))
     return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "chosen_source": [chosen["text"]],
             "chosen_target": target.text, "rejected": rejected["text"],
