@@ -295,8 +295,8 @@ def _same_source_quadruple(row: dict, samples: list[Candidate], with_target: boo
     if with_target and not samples:
         dropped["prompts without a target sample"] += 1
         return None
-    target = max(samples, key=lambda c: c.rank) if with_target else Candidate(chosen["model"], chosen["text"], chosen["score"],
-                                                              chosen.get("correct"))
+    y_ws = Candidate(chosen["model"], chosen["text"], chosen["score"], chosen.get("correct"))
+    target = max(samples, key=lambda candidate: candidate.rank) if with_target else y_ws
     return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "chosen_source": [chosen["text"]],
             "chosen_target": target.text, "rejected": rejected["text"],
             "meta": {"source_models": [chosen["model"]], "source_scores": [chosen["score"]],

@@ -25,7 +25,9 @@ def show_plan(planned: list[PlannedStage]) -> None:
                  f"  launch: {escape(stage.placement.description)}"]
         files = {str(path) for path in [*stage.inputs, *stage.outputs]}
         for key, value in stage.spec.model_dump(mode="json").items():
-            if isinstance(value, dict):  # a setting left unset is left out
+            if value is None:  # a setting left unset is left out
+                continue
+            if isinstance(value, dict):
                 value = {name: each for name, each in value.items() if each is not None}
             if not (str(value) in files or (isinstance(value, list) and value and str(value[0]) in files)):
                 lines.append(f"  {key}: {escape(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
