@@ -193,15 +193,25 @@ def test_same_source_pairs_take_the_best_correct_answer_over_the_worst_incorrect
 
 
 def test_target_pairs_of_a_verified_category_rank_by_correctness_first(tmp_path):
-    scores = write_jsonl(tmp_path / "scores.jsonl", [scored_row("s", p, "math", [(0.5, True)]) for p in ("m1", "m2")])
+    scores = write_jsonl(tmp_path / "scores.jsonl", [
+        *(scored_row("s", p, "math", [(0.5, True)]) for p in ("m1", "m2")),
+        *(scored_row("w", p, "math", [(0.9, False)]) for p in ("m1", "m2"))])
     build_sft([scores], tmp_path / "sft.jsonl", tmp_path / "pref.jsonl", sft_fraction=0.0)
     target = write_jsonl(tmp_path / "target.jsonl", [
         scored_row("t", "m1", "math", [(0.9, False), (0.3, True), (0.2, False)]),
         scored_row("t", "m2", "math", [(0.9, False), (0.3, False)]),
     ])
-    summary = build_pairs(tmp_path / "pref.jsonl", [target], tmp_path / "q.jsonl")
+    summary = build_pairs(tmp_path / "pref.jsonl", [target], tmp_path / "q.jsonl", top_k_sources=2)
     (quadruple,) = read(tmp_path / "q.jsonl")
     assert (quadruple["chosen_target"], quadruple["rejected"]) == ("t answer 1", "t answer 2")
+    assert quadruple["chosen_source"] == ["s answer 0"]  # the incorrect, better-scored one is no y_ws
+    assert summary.dropped == {"prompts whose target samples all fail verification": 1}
+    # Same-source pairs with target samples: the same drop.
+    build_sft([write_jsonl(tmp_path / "pairs.jsonl", [scored_row("s", p, "math", [(0.5, True), (0.45, False)])
+                                                       for p in ("m1", "m2")])],
+              tmp_path / "sft2.jsonl", tmp_path / "pref2.jsonl", sft_fraction=0.0)
+    summary = build_pairs(tmp_path / "pref2.jsonl", [target], tmp_path / "q2.jsonl", same_source=True)
+    assert [row["prompt_id"] for row in read(tmp_path / "q2.jsonl")] == ["m1"]
     assert summary.dropped == {"prompts whose target samples all fail verification": 1}
 
 
@@ -332,14 +342,44 @@ def test_a_category_no_prompt_has_is_named_with_its_line(zoo, tmp_path):
             "'cod' (its categories: chat, code, math)") in result.stderr
 
 
-def test_checkpoint_choice_refuses_a_run_that_keeps_too_few_checkpoints(zoo, tmp_path):
+@pytest.mark.parametrize(("last", "wrpo", "refusal"), [
+    (3, {}, "wrpo.save_total_limit: 2 keeps too few checkpoints for checkpoint_choice"),
+    (2, {"save_strategy": "epoch"}, "wrpo.save_strategy: epoch keeps too few checkpoints for checkpoint_choice"),
+    (2, {"lora_r": 4}, "wrpo.lora_r: a LoRA run's checkpoints hold its adapters alone"),
+])
+def test_checkpoint_choice_refuses_runs_whose_checkpoints_it_cannot_choose_among(zoo, tmp_path, last, wrpo, refusal):
     recipe = fusechat_recipe(tmp_path, zoo)
     data = yaml.safe_load(recipe.read_text())
-    data["checkpoint_choice"]["last"] = 3
+    data["checkpoint_choice"]["last"] = last
+    data["wrpo"].update(wrpo)
     recipe.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["run", str(recipe), "--plan"])
-    assert result.exit_code == 2
-    assert "wrpo.save_total_limit: 2 keeps too few checkpoints for checkpoint_choice" in result.stderr
+    assert result.exit_code == 2 and refusal in result.stderr, result.output
+
+
+def test_a_chosen_sft_checkpoint_is_what_every_later_stage_starts_from(zoo, tmp_path):
+    from wrpo.ablation.variants import plan_ablation
+    from wrpo.pipeline.plan import plan
+    from wrpo.pipeline.recipe import load_recipe
+
+    path = fusechat_recipe(tmp_path, zoo)
+    data = yaml.safe_load(path.read_text())
+    data["checkpoint_choice"]["stages"] = ["sft", "wrpo"]
+    data["pairs"] = {"target_samples": True}
+    data["sft"]["save_steps"] = 1
+    data["ablation"] = {"eval_prompts": "heldout.jsonl", "seeds": [0], "variants": ["dpo", "sft-continued"]}
+    path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(path)
+    stages = {stage.name: stage for stage in plan(recipe)}
+    chosen_sft = str(tmp_path / "work" / "models" / "target-sft-chosen")
+    assert list(stages)[list(stages).index("sft") + 1] == "choose/sft"
+    assert stages["sample/target-sft"].spec.model == chosen_sft and stages["wrpo"].spec.model == chosen_sft
+    assert stages["choose/wrpo"].spec.output.name == "target-sft-wrpo-chosen"
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    write_jsonl(tmp_path / "work" / "data" / "quadruples.jsonl", [{"prompt_id": "p"}])  # the SFT variants' budget
+    ablation = plan_ablation(recipe, ["dpo", "sft-continued"], [0], str(path))
+    assert {stage.spec.model for stage in ablation if stage.kind in ("sft", "wrpo")} == {chosen_sft}
+    assert str(ablation[-1].spec.target_sft) == chosen_sft
 
 
 def test_the_best_of_the_last_checkpoints_by_held_out_reward_is_chosen_and_copied(zoo, tmp_path):
@@ -374,6 +414,12 @@ def test_the_best_of_the_last_checkpoints_by_held_out_reward_is_chosen_and_copie
     assert chosen.keys() == expected.keys() and all(torch.equal(chosen[k], expected[k]) for k in expected)
     assert not (tmp_path / "chosen" / "optimizer.pt").exists()
     assert json.loads((tmp_path / "chosen" / "choice.json").read_text()) == choice
+    # Again over the chosen model and what a killed run left: the same folder, nothing else.
+    (tmp_path / "chosen.partial").mkdir()
+    (tmp_path / "chosen.partial" / "half-written").write_text("")
+    assert choose_checkpoint(spec.model_copy(update={"last": 1}))["chosen"] == "checkpoint-3"
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("chosen")) == ["chosen"]
+    assert json.loads((tmp_path / "chosen" / "choice.json").read_text())["chosen"] == "checkpoint-3"
 
 
 def test_the_commands_take_the_per_category_settings_as_json(zoo, tmp_path):
@@ -391,3 +437,11 @@ def test_the_commands_take_the_per_category_settings_as_json(zoo, tmp_path):
     assert scored.exit_code == 0, scored.output
     assert {row["meta"]["category"]: "verification" in row for row in read(tmp_path / "v.jsonl")} == {
         "math": True, "code": False}
+
+
+def test_the_old_target_sampling_key_says_where_it_went(zoo, tmp_path):
+    recipe = fusechat_recipe(tmp_path, zoo)
+    recipe.write_text(recipe.read_text() + "target_sampling: {n: 2}\n")
+    result = CliRunner().invoke(app, ["run", str(recipe), "--plan"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "target_sampling is now the target's own sampling" in result.stderr and str(recipe) in result.stderr

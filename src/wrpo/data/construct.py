@@ -68,7 +68,8 @@ def read_scored(paths: Sequence[str | Path]) -> dict[str, tuple[dict, list[Candi
             if not isinstance(scores, list) or len(scores) != len(row["responses"]):
                 fail("'scores' must hold one number per response")
             verification = row.get("verification", [None] * len(scores))
-            if not isinstance(verification, list) or len(verification) != len(scores):
+            if not isinstance(verification, list) or len(verification) != len(scores) or not all(
+                    value is None or isinstance(value, (int, float)) for value in verification):
                 fail("'verification' must hold one number per response")
             key = str(row["prompt_id"])
             first_row, candidates = by_prompt.get(key, (row, []))
@@ -264,7 +265,11 @@ def build_pairs(preference_prompts: str | Path, target_scored: Sequence[str | Pa
 
 
 def _target_quadruple(row: dict, samples: list[Candidate], top_k_sources: int, dropped: Counter) -> dict | None:
-    sources = row["source_responses"][:top_k_sources]
+    # Of verified responses only correct ones are y_ws (build sft dropped prompts with none).
+    sources = [source for source in row["source_responses"] if source.get("correct") is not False][:top_k_sources]
+    if not sources:  # a restricted set of sources (the ablation's) may hold none
+        dropped["prompts without a correct source response"] += 1
+        return None
     if len(samples) < 2:
         dropped["prompts with fewer than 2 target samples"] += 1
         return None
@@ -294,6 +299,9 @@ def _same_source_quadruple(row: dict, samples: list[Candidate], with_target: boo
     chosen, rejected = pair
     if with_target and not samples:
         dropped["prompts without a target sample"] += 1
+        return None
+    if with_target and all_fail_verification(samples):
+        dropped["prompts whose target samples all fail verification"] += 1
         return None
     y_ws = Candidate(chosen["model"], chosen["text"], chosen["score"], chosen.get("correct"))
     target = max(samples, key=lambda candidate: candidate.rank) if with_target else y_ws

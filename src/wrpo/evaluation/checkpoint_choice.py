@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -46,6 +45,10 @@ def choose_checkpoint(spec: CheckpointChoiceSpec) -> dict:
     candidates = complete_checkpoints(spec.trained)[-spec.last:]
     if not candidates:
         raise InputError("no complete checkpoint to choose from (checkpoints are saved every save_steps)", spec.trained)
+    for checkpoint in candidates:
+        if not any(checkpoint.glob("*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
+            raise InputError("holds no whole model (FSDP's sharded state dict?): checkpoint_choice needs "
+                             "checkpoints from_pretrained can load", checkpoint)
     settings = GREEDY.model_copy(update={"max_new_tokens": spec.max_new_tokens})
     judged = []
     for checkpoint in candidates:
@@ -64,11 +67,11 @@ def choose_checkpoint(spec: CheckpointChoiceSpec) -> dict:
 
 def _write_model(checkpoint: Path, output: Path, choice: dict) -> None:
     """The checkpoint's model and tokenizer files (hard links where the file system allows: an 8B model is 16 GB)
-    and choice.json, in place of `output` at once."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    kept = shutil.ignore_patterns(*TRAINER_FILES)
-    shutil.copytree(checkpoint, building, ignore=kept, copy_function=_link_or_copy, dirs_exist_ok=True)
+    and choice.json, built in OUTPUT.partial (which a redone stage removes) and then put in place."""
+    building = output.with_name(output.name + ".partial")
+    if building.exists():  # left by a run that was killed
+        shutil.rmtree(building)
+    shutil.copytree(checkpoint, building, ignore=shutil.ignore_patterns(*TRAINER_FILES), copy_function=_link_or_copy)
     write_text_atomically(building / CHOICE_FILE, json.dumps(choice, indent=2) + "\n")
     if output.exists():
         shutil.rmtree(output)

@@ -55,6 +55,8 @@ def _categories_named(recipe: Recipe) -> list[tuple[tuple, str]]:
             + [(("split", "sft_fraction_by_category", category), category)
                for category in recipe.split.sft_fraction_by_category]
             + [(("reward", "verifiers", category), category) for category in recipe.reward.verifiers])
+
+
 def _check_model(spec: ModelSpec, prompt) -> None:
     if spec.backend == "openai":  # the server holds the model and its template
         if spec.api_key_env and not os.environ.get(spec.api_key_env):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from wrpo.data.construct import PairSettings, SplitSettings
 from wrpo.errors import InputError
@@ -141,6 +141,14 @@ class Recipe(Strict):
     def layout(self) -> Workdir:
         return Workdir(self.workdir)
 
+    @model_validator(mode="before")
+    @classmethod
+    def renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target_sampling" in data:
+            raise ValueError("target_sampling is now the target's own sampling: `target: {..., sampling: {...}}`, "
+                             "which takes only the settings that differ from `sampling:`")
+        return data
+
     @field_validator("sources")
     @classmethod
     def distinct_names(cls, sources: list[SourceSpec]) -> list[SourceSpec]:
@@ -220,6 +228,10 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
                          "or launch with an accelerate config that does not use DeepSpeed", path,
                          lines.get("deepspeed"))
     choice = recipe.checkpoint_choice
+    if choice is not None and section in choice.stages and values.get("lora_r", 0) > 0:
+        raise InputError(f"{section}.lora_r: a LoRA run's checkpoints hold its adapters alone, not a model "
+                         "checkpoint_choice can hand on; choose among full fine-tuning checkpoints", path,
+                         lines.get("lora_r"))
     if choice is not None and section in choice.stages:
         for name, fits in (("save_strategy", lambda value: value == "steps"),
                            ("save_total_limit", lambda value: value is None or value >= choice.last)):

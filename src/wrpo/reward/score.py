@@ -57,9 +57,11 @@ def _score(responses: Sequence[str | Path], scorer: str, output: str | Path, bat
     if todo:
         score_rows = load_scorer(scorer, trust_remote_code=trust_remote_code, device=device)
         verify = {category: FunctionScorer(function) for category, function in verifiers.items()}
-        # Verifiers run code in child processes (code_tests) and wait on them: threads keep the cores busy.
+        # Verifiers run code in child processes (code_tests) and wait on them: threads keep the cores busy, as
+        # many as this process may use (its affinity: what Slurm or a container gives it), so that code_tests'
+        # wall-clock limit is not spent queueing for a core.
         with (stage_progress(f"scoring with {score_rows.name}") as progress,
-              ThreadPoolExecutor(os.cpu_count() or 1) as pool):
+              ThreadPoolExecutor(len(os.sched_getaffinity(0)) if verify else 1) as pool):
             task = progress.add_task("", total=len(todo))
 
             def flush(batch: list[tuple[Path, int, dict]]) -> None:
