@@ -35,14 +35,18 @@ def logged_steps(model: Path) -> int:
 
 def wait_for_jobs(recipe: Path, env: dict, timeout: float = 900, when=None) -> dict:
     """Each stage's state once no job of the recipe is queued or running, calling when() on the way. A requeued
-    job is made eligible at once: Slurm holds it back for two minutes, a wait of the cluster's and not wrpo's."""
+    job is made eligible after 3 s: Slurm holds it back for two minutes, a wait of the cluster's and not wrpo's.
+    Not at once: slurmd refuses a job started in the second its last run's credential was revoked ("Job
+    credential revoked"), and Slurm then fails it and cancels the jobs that depend on it."""
     deadline = time.time() + timeout
+    held_since: dict[str, float] = {}
     while time.time() < deadline:
         held = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], env=env, capture_output=True, text=True)
         for line in held.stdout.splitlines():
             job, reason = line.split()
-            if reason == "BeginTime":
+            if reason == "BeginTime" and time.time() - held_since.setdefault(job, time.time()) >= 3:
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+                del held_since[job]
         if when is not None:
             when()
         states = {state.name: state for state in recipe_status(recipe)}
