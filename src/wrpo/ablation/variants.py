@@ -120,7 +120,7 @@ def report_spec(recipe: Recipe, runs: list[VariantRun], seeds: list[int], recipe
         target_backend=model_backend(recipe.target),
         target_sft=model_of(recipe, "sft"), runs=runs,
         descriptions={run.name: variant(run.name).description for run in runs}, seeds=seeds,
-        max_new_tokens=ablation.max_new_tokens or recipe.sampling.max_new_tokens, batch_size=ablation.batch_size,
+        max_new_tokens=ablation.answer_tokens(recipe.sampling), batch_size=ablation.batch_size,
         output=recipe.layout.ablation)
 
 

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from rich.console import Group
 from rich.table import Table
 
+from wrpo.data.prompts import category_of
 from wrpo.data.records import field_of, read_rows, row_failer
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.data.samples import read_sample_rows
@@ -40,12 +41,17 @@ class Candidate:
 
     @property
     def rank(self) -> tuple[bool, float]:
-        """What orders responses, best last: a correct one above any incorrect one, then by score."""
-        return self.correct is not False, self.score
+        return response_rank(self.score, self.correct)
 
     def as_row(self) -> dict:
         return {"model": self.model, "text": self.text, "score": self.score,
                 **({"correct": self.correct} if self.correct is not None else {})}
+
+
+def response_rank(score: float, correct: bool | None) -> tuple[bool, float]:
+    """What orders responses, best last: a correct one above any incorrect one, then by score (correct None: not
+    verified)."""
+    return correct is not False, score
 
 
 def ranked(candidates: list[Candidate]) -> list[Candidate]:
@@ -160,9 +166,7 @@ def build_sft(scored: Sequence[str | Path], sft_output: str | Path, preference_o
         best_first = ranked(candidates)
         best = best_first[0]
         summary.wins[best.model] += 1
-        category = (row.get("meta") or {}).get("category")
-        fraction = (sft_fraction_by_category or {}).get(str(category), sft_fraction) if category is not None \
-            else sft_fraction
+        fraction = (sft_fraction_by_category or {}).get(category_of(row.get("meta") or {}), sft_fraction)
         if in_sft_split(prompt_id, fraction, seed):
             sft_rows.append({"prompt_id": prompt_id, "prompt": row["prompt"], "response": best.text,
                              "meta": {"source_model": best.model, "score": best.score}})

@@ -24,9 +24,14 @@ class PromptRow:
 
     @property
     def category(self) -> str | None:
-        """The row's "category" field, which per-category settings (sampling, scoring) go by."""
-        category = self.meta.get("category")
-        return None if category is None else str(category)
+        return category_of(self.meta)
+
+
+def category_of(fields: dict[str, Any]) -> str | None:
+    """The category of a prompt row's other fields (a PromptRow's meta, a sampled row's "meta"), which the
+    per-category settings go by: sampling, verifiers, the split."""
+    category = fields.get("category")
+    return None if category is None else str(category)
 
 
 def read_prompts(path: str | Path) -> list[PromptRow]:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from wrpo.data.construct import BuildSummary, PairSettings, build_pairs, read_preference_prompts
+from wrpo.data.construct import BuildSummary, PairSettings, build_pairs, read_preference_prompts, response_rank
 from wrpo.data.records import read_rows
 from wrpo.data.resumable import write_jsonl_atomically
 from wrpo.errors import InputError
@@ -47,9 +47,9 @@ def better_response(quadruple: dict) -> str:
     if "chosen_target_score" not in meta or not meta.get("source_scores"):
         raise InputError(f"quadruple {quadruple['prompt_id']!r} has no scores in its meta (chosen_target_score, "
                          "source_scores): the rft variant needs them to pick the better response")
-    # Verified responses (a category with a verifier) rank by correctness first, as build sft ranked them.
-    source = (meta.get("source_correct", [None])[0] is not False, meta["source_scores"][0])
-    better_target = (meta.get("chosen_target_correct") is not False, meta["chosen_target_score"]) > source
+    # Ranked as build sft ranks (verified responses by correctness first).
+    better_target = (response_rank(meta["chosen_target_score"], meta.get("chosen_target_correct"))
+                     > response_rank(meta["source_scores"][0], meta.get("source_correct", [None])[0]))
     return quadruple["chosen_target"] if better_target else quadruple["chosen_source"][0]
 
 

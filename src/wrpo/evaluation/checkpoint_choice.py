@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from itertools import islice
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -42,7 +43,7 @@ def choose_checkpoint(spec: CheckpointChoiceSpec) -> dict:
     """Judges the last `spec.last` checkpoints, writes the best to spec.output and returns what choice.json holds."""
     from wrpo.training.checkpoints import complete_checkpoints  # transformers' Trainer: not for a reader of results
 
-    candidates = complete_checkpoints(spec.trained)[-spec.last:]
+    candidates = list(islice(complete_checkpoints(spec.trained), spec.last))[::-1]  # oldest first
     if not candidates:
         raise InputError("no complete checkpoint to choose from (checkpoints are saved every save_steps)", spec.trained)
     for checkpoint in candidates:

@@ -41,7 +41,7 @@ class SamplingSettings(ResponseSettings):
 
     def for_category(self, category: str | None) -> SamplingSettings:
         """The settings a prompt of `category` is sampled with (these, where the category has none of its own)."""
-        given = self.by_category.get(category) if category is not None else None
+        given = self.by_category.get(category)
         if given is None:
             return self
         return self.model_copy(update={**given.model_dump(), "by_category": {}})
@@ -52,12 +52,11 @@ class SamplingSettings(ResponseSettings):
         if overrides is None:
             return self
         given = overrides.model_dump()
-        categories = {**self.by_category}
+        categories = {category: settings.model_dump() for category, settings in self.by_category.items()}
         for category, settings in given.pop("by_category", {}).items():
-            own = categories[category].model_dump() if category in categories else {}
-            categories[category] = {**own, **settings}
+            categories[category] = {**categories.get(category, {}), **settings}
         return SamplingSettings.model_validate({**self.model_dump(exclude={"by_category"}), **given,
-                                                "by_category": {c: dict(s) for c, s in categories.items()}})
+                                                "by_category": categories})
 
 
 ModelSampling = optional_fields(SamplingSettings, "ModelSampling")

@@ -92,21 +92,19 @@ def training(recipe: Recipe, name: str, kind: str, model: str, data: Path, outpu
 
 def model_of(recipe: Recipe, section: str) -> Path:
     """The model a training section's stage hands on: its run's chosen checkpoint where the recipe chooses one."""
-    choice = recipe.checkpoint_choice
-    chosen = choice is not None and section in choice.stages
-    return recipe.layout.chosen(section) if chosen else recipe.layout.trained(section)
+    return recipe.layout.chosen(section) if recipe.chooses_checkpoint(section) else recipe.layout.trained(section)
 
 
 def checkpoint_choice(recipe: Recipe, section: str) -> list[Stage]:
     """The stage choosing the section's checkpoint, where the recipe asks for one."""
-    choice = recipe.checkpoint_choice
-    if choice is None or section not in choice.stages:
+    if not recipe.chooses_checkpoint(section):
         return []
+    choice = recipe.checkpoint_choice
     judge = recipe.reward.model_copy(update={"verifiers": {}})  # a mean reward has no place for their order
     spec = CheckpointChoiceSpec(trained=recipe.layout.trained(section), last=choice.last,
                                 eval_prompts=choice.eval_prompts, reward=judge,
                                 backend=model_backend(recipe.target).local(),
-                                max_new_tokens=choice.max_new_tokens or recipe.sampling.max_new_tokens,
+                                max_new_tokens=choice.answer_tokens(recipe.sampling),
                                 batch_size=choice.batch_size, output=recipe.layout.chosen(section))
     return [stage(recipe, f"choose/{section}", "choose-checkpoint", spec,
                   [str(spec.trained), str(spec.eval_prompts), recipe.reward.scorer], [spec.output])]

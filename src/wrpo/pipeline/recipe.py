@@ -42,20 +42,30 @@ class SourceSpec(ModelSpec):
         "The prompt categories this source answers [all]: FuseChat-3.0 samples math from a math model only."))
 
 
-class AblationSpec(Strict):
-    """`wrpo ablate`: the paper's comparisons trained from the recipe's target-sft and quadruples."""
+class HeldOutJudging(Strict):
+    """What models are judged on where the recipe compares them: greedy answers to held-out prompts, scored by the
+    recipe's reward (`wrpo ablate`'s variants, checkpoint_choice's checkpoints)."""
 
     eval_prompts: Path = Field(description=(
-        "Held-out prompts the variants are judged on (with 'category' for per-category figures); none may be a "
+        "Held-out prompts the models are judged on (with 'category' for per-category figures); none may be a "
         "training prompt. Relative to the recipe."))
-    seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Training seeds of every variant.")
-    variants: list[str] | None = Field(default=None, description="Variants to train [all]; see `wrpo ablate --help`.")
     max_new_tokens: int | None = Field(default=None, ge=1, description=(
         "Longest greedy answer in the evaluation [sampling.max_new_tokens]."))
     batch_size: int = Field(default=16, ge=1, description="Prompts per answering batch, responses per judging batch.")
 
+    def answer_tokens(self, sampling: SamplingSettings) -> int:
+        """The longest greedy answer: max_new_tokens, else the recipe's sampling's."""
+        return self.max_new_tokens or sampling.max_new_tokens
 
-class CheckpointChoice(Strict):
+
+class AblationSpec(HeldOutJudging):
+    """`wrpo ablate`: the paper's comparisons trained from the recipe's target-sft and quadruples."""
+
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Training seeds of every variant.")
+    variants: list[str] | None = Field(default=None, description="Variants to train [all]; see `wrpo ablate --help`.")
+
+
+class CheckpointChoice(HeldOutJudging):
     """FuseChat-3.0's checkpoint choice: a training run keeps a checkpoint every `save_steps` (its section's
     setting), and the best of its last few by the recipe's judge on held-out prompts is the model that goes on."""
 
@@ -63,11 +73,6 @@ class CheckpointChoice(Strict):
         "Training stages whose checkpoint is chosen; the chosen model is models/NAME-chosen, and what follows "
         "(wrpo after sft) starts from it."))
     last: int = Field(default=2, ge=1, description="Choose among this many last checkpoints.")
-    eval_prompts: Path = Field(description=(
-        "Held-out prompts the checkpoints are judged on; none may be a training prompt. Relative to the recipe."))
-    max_new_tokens: int | None = Field(default=None, ge=1, description=(
-        "Longest greedy answer [sampling.max_new_tokens]."))
-    batch_size: int = Field(default=16, ge=1, description="Prompts per answering batch, responses per judging batch.")
 
 
 class StageResources(Strict):
@@ -133,6 +138,10 @@ class Recipe(Strict):
         """The line of a key of the recipe's file (a tuple of keys and indexes), when it was read from one."""
         return line_of(self._source[1], location) if self._source[1] is not None else None
 
+    def chooses_checkpoint(self, section: str) -> bool:
+        """Whether the training section's checkpoint is chosen by held-out reward (checkpoint_choice)."""
+        return self.checkpoint_choice is not None and section in self.checkpoint_choice.stages
+
     @property
     def path(self) -> Path | None:
         return self._source[0]
@@ -176,10 +185,8 @@ def load_recipe(path: str | Path) -> Recipe:
         "target": recipe.target.model_copy(update={"model": local(recipe.target.model)}),
         "reward": recipe.reward.model_copy(update={"model": local(recipe.reward.model)}),
         "resources": resolved_resources(recipe, path, node),
-        "ablation": recipe.ablation and recipe.ablation.model_copy(update={
-            "eval_prompts": base / recipe.ablation.eval_prompts}),
-        "checkpoint_choice": recipe.checkpoint_choice and recipe.checkpoint_choice.model_copy(update={
-            "eval_prompts": base / recipe.checkpoint_choice.eval_prompts}),
+        **{section: judging and judging.model_copy(update={"eval_prompts": base / judging.eval_prompts})
+           for section, judging in (("ablation", recipe.ablation), ("checkpoint_choice", recipe.checkpoint_choice))},
     })
     return recipe.model_copy(update={section: training_settings(recipe, section, path, node)
                                      for section in TRAINING_SECTIONS})
@@ -227,18 +234,18 @@ def training_settings(recipe: Recipe, section: str, path: Path, node) -> dict[st
                          "which sets DeepSpeed up already; give DeepSpeed its settings one way: remove this key, "
                          "or launch with an accelerate config that does not use DeepSpeed", path,
                          lines.get("deepspeed"))
-    choice = recipe.checkpoint_choice
-    if choice is not None and section in choice.stages and values.get("lora_r", 0) > 0:
-        raise InputError(f"{section}.lora_r: a LoRA run's checkpoints hold its adapters alone, not a model "
-                         "checkpoint_choice can hand on; choose among full fine-tuning checkpoints", path,
-                         lines.get("lora_r"))
-    if choice is not None and section in choice.stages:
+    if recipe.chooses_checkpoint(section):
+        if values.get("lora_r", 0) > 0:
+            raise InputError(f"{section}.lora_r: a LoRA run's checkpoints hold its adapters alone, not a model "
+                             "checkpoint_choice can hand on; choose among full fine-tuning checkpoints", path,
+                             lines.get("lora_r"))
+        last = recipe.checkpoint_choice.last
         for name, fits in (("save_strategy", lambda value: value == "steps"),
-                           ("save_total_limit", lambda value: value is None or value >= choice.last)):
+                           ("save_total_limit", lambda value: value is None or value >= last)):
             value = section_setting(section, values, name)
             if not fits(str(value) if name == "save_strategy" else value):
                 raise InputError(f"{section}.{name}: {value} keeps too few checkpoints for checkpoint_choice, which "
-                                 f"chooses among the last {choice.last} saved every save_steps", path,
+                                 f"chooses among the last {last} saved every save_steps", path,
                                  lines.get(name))
     if section == "wrpo":
         top_k = values.setdefault("top_k_sources", recipe.pairs.top_k_sources)

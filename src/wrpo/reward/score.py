@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from wrpo.data.prompts import category_of
 from wrpo.data.resumable import ResumableJsonl, model_prompt_key
 from wrpo.data.samples import read_sample_rows
 from wrpo.errors import InputError
@@ -139,8 +140,7 @@ def _verify_batch(batch: list[tuple[Path, int, dict]], verify: dict[str, Functio
 
     results: list[tuple[str, list] | None] = []
     for _, _, row in batch:
-        category = _meta(row).get("category")
-        verifier = verify.get(str(category)) if category is not None else None
+        verifier = verify.get(category_of(_meta(row)))
         results.append(None if verifier is None else
                        (verifier.name, [pool.submit(one, verifier, row, text) for text in row["responses"]]))
     return [None if result is None else (result[0], [future.result() for future in result[1]])

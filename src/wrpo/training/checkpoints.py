@@ -4,6 +4,7 @@ loaded as from_pretrained loads them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from transformers.trainer import TRAINER_STATE_NAME
@@ -12,23 +13,21 @@ from transformers.trainer_utils import sort_checkpoints
 from wrpo.training.policy import is_peft_model
 
 
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """The output folder's checkpoints whose save finished, oldest first. Trainer writes a checkpoint file by file,
-    its trainer_state.json last (and not atomically): a folder without that file whole was cut short by a kill
-    mid-save, and Trainer, given it (get_last_checkpoint would), fails at every later resume."""
-    complete = []
-    for checkpoint in sort_checkpoints(str(output_dir)):
+def complete_checkpoints(output_dir: Path) -> Iterator[Path]:
+    """The output folder's checkpoints whose save finished, newest first, looked at one by one (a resume needs the
+    first only). Trainer writes a checkpoint file by file, its trainer_state.json last (and not atomically): a folder
+    without that file whole was cut short by a kill mid-save, and Trainer, given it (get_last_checkpoint would),
+    fails at every later resume."""
+    for checkpoint in reversed(sort_checkpoints(str(output_dir))):
         try:
             json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())
         except (OSError, ValueError):
             continue
-        complete.append(Path(checkpoint))
-    return complete
+        yield Path(checkpoint)
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
-    complete = complete_checkpoints(output_dir)
-    return str(complete[-1]) if complete else None
+    return next((str(checkpoint) for checkpoint in complete_checkpoints(output_dir)), None)
 
 
 class LoadsCheckpointWeightsWithFromPretrained:
