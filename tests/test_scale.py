@@ -3,8 +3,13 @@ launch), `--plan`, `wrpo status`, failures and resumption, and the paper recipe'
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -187,6 +192,42 @@ def test_a_failed_stage_stops_the_run_with_its_log_and_the_next_run_resumes(zoo,
     assert again.exit_code == 0, again.output
     last = again.output.strip().splitlines()[-1]
     assert "sample/sources/llama-char: skipped" in last and "score/sources/llama-char: redone" in last
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_rank_killed_by_a_signal_fails_its_stage_saying_where_it_was(zoo, tmp_path):
+    """A rank aborted (as a C++ library's fatal error does) mid-training: the launcher stops the other, and the
+    run's error shows the aborted rank's Python stack and the launcher's word on it, not the launcher's traceback."""
+    path = with_resources(recipe_file(tmp_path, zoo), {"devices_per_node": 2, "device_type": "cpu"},
+                          sft={"max_steps": 100_000})  # still training when the abort comes
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "wrpo.cli", "run", str(path)], env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        metrics = tmp_path / "work" / "models" / "target-sft" / "metrics.jsonl"  # a line per step, from the first
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.stat().st_size):
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.poll() else "timed out"
+            time.sleep(0.5)
+        (rank_1,) = [process for process in psutil.Process(run.pid).children(recursive=True)
+                     if "wrpo.pipeline.worker" in process.cmdline() and process.environ().get("LOCAL_RANK") == "1"]
+        rank_1.send_signal(signal.SIGABRT)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        for process in psutil.Process(run.pid).children(recursive=True) if run.poll() is None else ():
+            process.kill()
+        run.kill()
+    assert run.returncode == 1, output
+    assert "stage sft failed with exit status" in output
+    error = output[output.index("stage sft failed"):]
+    assert "Fatal Python error: Aborted" in error and "Current thread" in error
+    log = (tmp_path / "work" / "logs" / "sft.log").read_text().splitlines()
+    innermost = log[log.index(next(line for line in log if line.startswith("Current thread"))) + 1]
+    assert innermost.startswith('  File "') and innermost in error  # where it was when killed
+    assert f"rank 1 (local_rank: 1); exitcode -6 (pid: {rank_1.pid}) (SIGABRT)" in error
+    assert "ChildFailedError" not in error
+    assert {state.name: state.state for state in recipe_status(path)}["sft"] == "failed"
 
 
 def test_status_names_the_process_running_a_stage(zoo, tmp_path):

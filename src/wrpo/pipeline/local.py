@@ -31,11 +31,32 @@ TAIL_LINES = 15
 WORKER = ("-m", "wrpo.pipeline.worker")
 
 
-def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+def failure_excerpt(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    """What a failed process's log says of why: its last lines, or where it was killed by a signal (Python's
+    fault handler writes each thread's stack, the killed one last). A launch (torchrun, under accelerate
+    launch) ends its log with the launcher's own traceback and a report on each rank, after what the ranks
+    printed: the excerpt is then theirs, and the report's first failure in a line."""
     try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
+        text = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return []
+    report = next((index for index in range(len(text) - 1, -1, -1) if "ChildFailedError" in text[index]), None)
+    launcher = None if report is None else next(
+        (index for index in range(report, -1, -1) if text[index].startswith("Traceback (most recent call last)")), None)
+    # The elastic agent's own lines (stopping the other ranks) say nothing its report does not.
+    printed = text if launcher is None else [
+        line for line in text[:launcher] if "torch/distributed/elastic/" not in line]
+    fatal = next((index for index, line in enumerate(printed) if line.startswith("Fatal Python error")), None)
+    killed = None if fatal is None else next(
+        (index for index in range(fatal, len(printed)) if printed[index].startswith("Current thread")), None)
+    excerpt = printed[-(lines - 1):] if killed is None else [printed[fatal], *printed[killed:killed + lines - 2]]
+    if launcher is None:
+        return excerpt
+    first = text[report:]
+    first = first[next((index for index, line in enumerate(first) if line.startswith("Root Cause")), 0):]
+    fields = [line.split(":", 1) for line in first if line.strip().startswith(("rank ", "exitcode ", "traceback "))]
+    return excerpt + ["the launcher's report of the first failure: "
+                      + "; ".join(f"{key.strip()} {' '.join(value.split())}" for key, value in fields)]
 
 
 def free_port() -> int:
@@ -124,7 +145,7 @@ class LocalExecutor:
                     for index, process in list(running.items()):
                         code = process.poll()
                         if code:  # the others' work is resumable: stop them rather than wait
-                            raise StageFailed(stage.name, code, logs[index], log_tail(logs[index]))
+                            raise StageFailed(stage.name, code, logs[index], failure_excerpt(logs[index]))
                         if code == 0:
                             del running[index]
                     elapsed = int(time.monotonic() - started)

@@ -12,6 +12,7 @@ local executor runs a one-process stage through run_part() in its own process in
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 import time
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--shard", help="I/N: the I-th of N shards.")
     which.add_argument("--merge", action="store_true", help="Join the shards' rows.")
     arguments = parser.parse_args(argv)
+    # A process killed by a signal (an abort in a C++ library, a segfault) says where, in its log, each thread.
+    faulthandler.enable()
     configure_console(verbose=is_verbose())
     try:
         stage = Stage.model_validate_json(arguments.stage.read_text())
