@@ -102,12 +102,12 @@ def _training_command(kind: str):
         from wrpo.training.config import WRPOConfig as config_class
         from wrpo.training.run import train as fit
 
-        run_keys, done = ("model", "data", "output", "ref_model", "resume"), "saved the trained model to"
+        run_keys, model = ("model", "data", "output", "ref_model", "resume"), "trained"
     else:
         from wrpo.training.sft import WRPOSFTConfig as config_class
         from wrpo.training.sft import sft as fit
 
-        run_keys, done = ("model", "data", "output", "resume"), "saved the fine-tuned model to"
+        run_keys, model = ("model", "data", "output", "resume"), "fine-tuned"
 
     run_flags = [Flag(key, key, bool if key == "resume" else str, None, RUN_OPTIONS[key]) for key in run_keys]
 
@@ -117,14 +117,12 @@ def _training_command(kind: str):
         settings = resolve_settings(config_class, values, config)
         extra = {"ref_model": settings.ref_model} if "ref_model" in run_keys else {}
         from wrpo.progress import is_main_process
-        from wrpo.training.run import end_distributed
+        from wrpo.training.run import trained
 
-        result = fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra)
-        end_distributed()
+        said = trained(lambda: fit(settings.model, settings.data, settings.config, resume=settings.resume, **extra),
+                       model, "; --no-resume trains again")
         if is_main_process():
-            typer.echo(f"already finished: {result.output_dir} holds this run (same model, data and settings), "
-                         "left as it is; --no-resume trains again" if result.already_finished
-                       else f"{done} {result.output_dir}")
+            typer.echo(said)
 
     command.__doc__ = (WRPOGroup.lazy[kind]
                        + f"\n\nEvery {config_class.__name__} / TrainingArguments field can be set in --config.")

@@ -126,34 +126,22 @@ def _wrpo_config():
 
 
 def _sft(spec: TrainingSpec) -> str:
+    from wrpo.training.run import trained
     from wrpo.training.sft import sft
 
-    return _trained(lambda: sft(spec.model, spec.data, _config(spec, _sft_config())), "saved the fine-tuned model to")
+    return trained(lambda: sft(spec.model, spec.data, _config(spec, _sft_config())), "fine-tuned")
 
 
 def _wrpo(spec: TrainingSpec) -> str:
-    from wrpo.training.run import train
+    from wrpo.training.run import train, trained
 
-    return _trained(lambda: train(spec.model, spec.data, _config(spec, _wrpo_config())), "saved the trained model to")
+    return trained(lambda: train(spec.model, spec.data, _config(spec, _wrpo_config())), "trained")
 
 
 def _config(spec: TrainingSpec, config_class):
     from wrpo.training.settings import build_config
 
     return build_config(config_class, {**spec.settings, "output_dir": str(spec.output)})
-
-
-def _trained(fit: Callable, done: str) -> str:
-    """fit()'s result in words, the process group left however it ends (a stop on request too)."""
-    from wrpo.training.run import end_distributed
-
-    try:
-        result = fit()
-    finally:
-        end_distributed()
-    if result.already_finished:
-        return f"already finished: {result.output_dir} holds this run (same model, data and settings), left as it is"
-    return f"{done} {result.output_dir}"
 
 
 def _variant_data(spec: VariantDataSpec):

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,19 @@ from wrpo.training.trainer import WRPOTrainer
 class TrainingResult:
     output_dir: Path
     already_finished: bool = False  # the folder held this very run, finished: nothing was done to it
+
+
+def trained(fit: Callable[[], TrainingResult], model: str, again: str = "") -> str:
+    """What `wrpo train`, `wrpo sft` and the training stages say of fit()'s run of a `model` ("trained",
+    "fine-tuned"), the process group left however it ends (a stop on request too); `again`: how to redo it."""
+    try:
+        result = fit()
+    finally:
+        end_distributed()
+    if result.already_finished:
+        return (f"already finished: {result.output_dir} holds this run (same model, data and settings), "
+                f"left as it is{again}")
+    return f"saved the {model} model to {result.output_dir}"
 
 
 def train(model: str, data, config: WRPOConfig, *, ref_model: str | None = None, resume: bool = True,
